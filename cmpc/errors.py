@@ -1,0 +1,16 @@
+"""Errors meant for people: one line that says what is wrong and what to do.
+
+Scripts catch :class:`CmpcError` and print its message instead of a traceback.
+"""
+
+
+class CmpcError(Exception):
+    """Base class of every error cmpc raises on purpose."""
+
+
+class ConfigError(CmpcError):
+    """A configuration value is missing, unknown or inconsistent."""
+
+
+class DatasetError(CmpcError):
+    """A dataset file is missing, corrupt or malformed, or an input (image, sentence) is unusable."""
