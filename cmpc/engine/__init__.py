@@ -1,0 +1,1 @@
+"""Training and evaluation: plain loops over the model, the data and the metrics."""

@@ -1,0 +1,86 @@
+"""Evaluation with the CMPC protocol (REFERENCE 1.4, 2.9).
+
+Every sentence is a sample. The final logits are upsampled to the letterboxed input size, mapped
+back to the original image size (un-pad + bilinear resize) and thresholded at logit >= 0; IoU is
+computed against the original-resolution ground truth. With ``crf=True`` DenseCRF refines the
+sigmoid map at the padded input resolution (official parameters) in worker processes, and both
+results are reported. Under DDP every rank evaluates a shard and the per-sample intersections and
+unions are gathered on every rank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from ..data import collate
+from ..metrics import RefSegMetrics
+from ..models.functional import upsample_logits
+from .distributed import DistInfo, gather_objects
+
+
+def model_inputs(batch: dict, device: torch.device, channels_last: bool = False) -> tuple:
+    """``(images, words, image_index)`` for ``model(...)`` from a collated batch."""
+    images = batch["clip"] if "clip" in batch else batch["image"]
+    images = images.to(device, non_blocking=True)
+    if channels_last and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    index = batch.get("image_index")
+    return images, batch["words"].to(device, non_blocking=True), None if index is None else index.to(device)
+
+
+def autocast(device: torch.device, amp: str):
+    """``torch.autocast`` for ``amp`` in {off, bf16, fp16}."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@torch.no_grad()
+def predict_logits(model, batch: dict, device: torch.device, amp: str = "off", channels_last: bool = False) -> torch.Tensor:
+    """Final logits upsampled to the input size, ``[B, S, S]`` float32 on the CPU."""
+    images, words, index = model_inputs(batch, device, channels_last)
+    with autocast(device, amp):
+        logits = model(images, words, index)["logits"]
+    return upsample_logits(logits.float(), batch["target"].shape[-2:])[:, 0].cpu()
+
+
+def evaluate(model, dataset, *, device, info: DistInfo = DistInfo(), batch_size: int = 16, num_workers: int = 0,
+             amp: str = "off", crf: bool = False, crf_workers: int | None = None, video: bool = False,
+             progress: bool = True, desc: str = "eval") -> dict:
+    """Metrics of ``model`` on ``dataset``: ``{"metrics", "by_kind"}`` and, with CRF, ``{"crf", "crf_by_kind"}``."""
+    model.eval()
+    shard = Subset(dataset, range(info.rank, len(dataset), info.world_size))
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    make = RefSegMetrics.video if video else RefSegMetrics
+    plain, refined = make(), make()
+    pool = None
+    if crf:
+        from ..crf import CRFPool
+
+        pool = CRFPool(crf_workers)
+    letterbox = dataset.letterbox
+    try:
+        for batch in tqdm(loader, desc=desc, disable=not (progress and info.is_main), leave=False):
+            logits = predict_logits(model, batch, device, amp)
+            for score, gt, meta in zip(logits, batch["gt"], batch["meta"]):
+                plain.update(letterbox.invert(score, gt.shape) >= 0, gt, kind=meta.get("kind"))
+            if pool is not None:
+                frames = batch["clip"][:, batch["clip"].shape[1] // 2] if "clip" in batch else batch["image"]
+                images = [letterbox.denormalize(t) for t in frames]
+                masks = pool.map(images, [torch.sigmoid(s).numpy() for s in logits])
+                for mask, gt, meta in zip(masks, batch["gt"], batch["meta"]):
+                    score = letterbox.invert(mask.astype(np.float32), gt.shape)
+                    refined.update(score >= 0.5, gt, kind=meta.get("kind"))
+    finally:
+        if pool is not None:
+            pool.close()
+    results = {}
+    for key, metrics in (("metrics", plain), ("crf", refined)):
+        if key == "crf" and not crf:
+            continue
+        merged = RefSegMetrics.from_state(*gather_objects(metrics.state_dict(), info))
+        results[key] = merged.compute()
+        results[f"{key}_by_kind" if key == "crf" else "by_kind"] = merged.compute_by_kind()
+    return results

@@ -1,0 +1,178 @@
+"""The training loop: read top to bottom.
+
+build data -> build model -> (resume) -> for each step: forward, loss, backward, optimiser step,
+log, checkpoint, evaluate on the validation split (best.pt by overall IoU) -> evaluate best.pt on
+the test split -> metrics.json. DDP when launched by torchrun; rank 0 logs and writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from ..data import collate
+from ..errors import ConfigError
+from ..metrics import format_table
+from ..models.loss import referring_loss
+from . import checkpoint as ckpt
+from .builders import build_datasets, build_model_for
+from .distributed import barrier, cleanup, init_distributed, resolve_device
+from .evaluate import autocast, evaluate, model_inputs
+from .optim import build_optimizer, learning_rate, set_learning_rate
+from .sampler import StepBatchSampler
+
+log = logging.getLogger(__name__)
+
+
+def _resume_path(resume, run_dir: Path) -> Path | None:
+    if resume in (False, None, "false", "False"):
+        return None
+    path = run_dir / "last.pt" if resume in (True, "true", "True") else Path(str(resume))
+    if not path.is_file():
+        if resume in (True, "true", "True"):
+            log.info("resume=true but %s does not exist yet: starting from scratch", path)
+            return None
+        raise ConfigError(f"resume={resume}: no such checkpoint; pass resume=true or the path of a last.pt")
+    return path
+
+
+def train(cfg, run_dir: str | Path) -> dict:
+    """Train, evaluate and return ``{"val": ..., "test": ..., "history": [...]}``."""
+    run_dir = Path(run_dir)
+    t = cfg.trainer
+    device = resolve_device(cfg.device)
+    info = init_distributed(device)
+    if info.world_size > 1 and device.type == "cuda":
+        device = torch.device(f"cuda:{info.local_rank}")
+        torch.cuda.set_device(device)
+    ckpt.seed_everything(cfg.seed)
+
+    data = build_datasets(cfg, splits=("train", "eval", "test"))
+    model = build_model_for(cfg, data.vocab, data.embeddings).to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, t)
+    scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
+    step, best, history = 0, -1.0, []
+
+    resume = _resume_path(cfg.resume, run_dir)
+    if resume is not None:
+        state = ckpt.load_checkpoint(resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        step, best, history = state["step"], state["best"], state["history"]
+        ckpt.set_rng_state(state["rng"])
+        if info.is_main:
+            log.info("resumed from %s at step %d", resume, step)
+
+    net = torch.compile(model) if t.compile else model
+    if info.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    sampler = StepBatchSampler(len(data.train), t.batch_size, cfg.seed, step, info.rank, info.world_size, t.steps)
+    loader = DataLoader(
+        data.train, batch_sampler=sampler, num_workers=t.num_workers, collate_fn=collate,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )
+    writer = SummaryWriter(str(run_dir / "tensorboard")) if info.is_main else None
+    log_file = (run_dir / "train_log.jsonl").open("a") if info.is_main else None
+
+    def save(name: str) -> None:
+        if info.is_main:
+            ckpt.atomic_save(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                 "step": step, "best": best, "history": history, "rng": ckpt.rng_state(),
+                 "config": OmegaConf.to_container(cfg, resolve=True), "vocab": data.vocab.words},
+                run_dir / name,
+            )
+
+    def validate() -> dict:
+        nonlocal best
+        result = evaluate(model, data.eval, device=device, info=info, batch_size=t.eval_batch_size,
+                          num_workers=t.num_workers, amp=t.amp, video=data.video, desc=f"val@{step}")
+        model.train()
+        score = result["metrics"]["oIoU"]
+        if writer is not None:
+            for key, value in result["metrics"].items():
+                writer.add_scalar(f"val/{key}", value, step)
+        if score > best:
+            best = score
+            save("best.pt")
+        return result
+
+    stop = t.steps if t.stop_at_step is None else min(t.steps, t.stop_at_step)
+    model.train()
+    bar = tqdm(total=t.steps, initial=step, desc="train", disable=not info.is_main, dynamic_ncols=True)
+    tick, seen = time.perf_counter(), 0
+    for batch in loader:
+        if step >= stop:
+            break
+        lr = learning_rate(step, t)
+        set_learning_rate(optimizer, lr)
+        images, words, index = model_inputs(batch, device, t.channels_last)
+        target = batch["target"].to(device, non_blocking=True)
+        with autocast(device, t.amp):
+            outputs = net(images, words, index)
+        loss, parts = referring_loss(outputs, target, t.loss.final_weight, t.loss.aux_weight, t.loss.reduction)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if t.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        seen += len(words) * info.world_size
+        history.append(float(loss.detach()))
+        if info.is_main:
+            rate = seen / max(time.perf_counter() - tick, 1e-9)
+            bar.set_postfix(loss=f"{history[-1]:.4f}", sent_per_s=f"{rate:.1f}")
+            bar.update(1)
+            log_file.write(json.dumps({"step": step, "loss": history[-1], "lr": lr, **parts}) + "\n")
+            if step % t.log_every == 0:
+                writer.add_scalar("train/loss", history[-1], step)
+                writer.add_scalar("train/lr", lr, step)
+                writer.add_scalar("train/sentences_per_s", rate, step)
+                for key, value in parts.items():
+                    writer.add_scalar(f"train/{key}", value, step)
+        if t.eval_every and step % t.eval_every == 0 and step < t.steps:
+            validate()
+        if step % t.checkpoint_every == 0 or step == stop:
+            save("last.pt")
+    bar.close()
+    if log_file is not None:
+        log_file.close()
+
+    results: dict = {"step": step, "history": history}
+    if step >= t.steps:
+        results["val"] = validate()
+        barrier(info)
+        best_state = ckpt.load_checkpoint(run_dir / "best.pt") if (run_dir / "best.pt").is_file() else None
+        if best_state is not None:
+            model.load_state_dict(best_state["model"])
+        if data.test is not None:
+            test = evaluate(model, data.test, device=device, info=info, batch_size=t.eval_batch_size,
+                            num_workers=t.num_workers, amp=t.amp, video=data.video, desc="test")
+            results["test"] = test
+            if info.is_main:
+                split = cfg.dataset.test_split
+                print(format_table(test["metrics"], title=f"{cfg.dataset.name} {split} ({cfg.model.name}, best.pt)"))
+                if test["by_kind"]:
+                    print(format_table(test["by_kind"], title="by expression kind"))
+                for key, value in test["metrics"].items():
+                    writer.add_scalar(f"test/{key}", value, step)
+        if info.is_main:
+            (run_dir / "metrics.json").write_text(json.dumps({k: v for k, v in results.items() if k != "history"}, indent=2, default=str))
+    if writer is not None:
+        writer.close()
+    cleanup(info)
+    return results

@@ -1,0 +1,109 @@
+"""Words: embeddings, LSTM word features and the soft word-type classifier (paper 3.1.1, 3.1.2, eq. 1).
+
+Sentences arrive as ``[B, T]`` token ids, left-padded with 0 (the official layout, REFERENCE 1.2).
+The LSTM runs over the real tokens only (packed sequences), so a sentence gives the same word
+features whatever its padding and whatever else is in the batch; the released code used batch
+element 0's padding for the whole batch (bs=1), a deliberate deviation documented in
+``docs/reproduction.md``. Word features are L2-normalised as in the released code.
+
+Word types (eq. 1) are learnt only through the segmentation loss: ``p_t = softmax(W2 s(W1 l_t + b1) + b2)``.
+Image models use 4 types (entity, attribute, relation, unnecessary), video models 5 (+ action).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .functional import l2_normalize
+
+IMAGE_WORD_TYPES = ("entity", "attribute", "relation", "unnecessary")
+VIDEO_WORD_TYPES = ("entity", "attribute", "relation", "action", "unnecessary")
+
+
+@dataclass
+class Words:
+    """Encoded sentence: per-word features, padding mask and a sentence vector."""
+
+    features: torch.Tensor  # [B, T, C_l], zero at padding
+    mask: torch.Tensor  # [B, T] bool, True at real tokens
+    sentence: torch.Tensor  # [B, C_l], LSTM state after the last real token
+
+
+class WordEncoder(nn.Module):
+    """Embedding (optionally GloVe-initialised) followed by an LSTM over the real tokens."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int,
+        hidden_dim: int,
+        embeddings: np.ndarray | torch.Tensor | None = None,
+        freeze_embeddings: bool = False,
+    ):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        if embeddings is not None:
+            weights = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+            if tuple(weights.shape) != (vocab_size, embed_dim):
+                raise ValueError(
+                    f"embedding matrix has shape {tuple(weights.shape)}, expected {(vocab_size, embed_dim)}"
+                )
+            with torch.no_grad():
+                self.embedding.weight.copy_(weights)
+        self.embedding.weight.requires_grad_(not freeze_embeddings)
+        self.lstm = nn.LSTM(embed_dim, hidden_dim, batch_first=True)
+
+    def forward(self, tokens: torch.Tensor) -> Words:
+        mask = tokens != 0
+        lengths = mask.sum(dim=1)
+        if bool((lengths == 0).any()):
+            raise ValueError("a sentence in the batch has no tokens; every sample needs at least one word")
+        batch, steps = tokens.shape
+        # Left-padded -> right-aligned start: token j of sentence b sits at column (T - len_b + j).
+        positions = torch.arange(steps, device=tokens.device)
+        gather = (positions[None, :] + (steps - lengths)[:, None]) % steps  # [B, T]
+        right_padded = torch.gather(tokens, 1, gather)
+        packed = pack_padded_sequence(
+            self.embedding(right_padded), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        out, (h_n, _) = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=steps)
+        # Back to the left-padded layout: output column t comes from right-aligned column (t - (T - len_b)).
+        back = (positions[None, :] - (steps - lengths)[:, None]) % steps
+        features = torch.gather(out, 1, back[..., None].expand(-1, -1, out.shape[-1]))
+        features = l2_normalize(features, dim=-1) * mask[..., None]
+        return Words(features=features, mask=mask, sentence=l2_normalize(h_n[-1], dim=-1))
+
+
+class WordClassifier(nn.Module):
+    """Soft word types, eq. 1: ``p_t = softmax(W2 act(W1 l_t + b1) + b2)``; zero rows at padding.
+
+    The paper writes a sigmoid for ``act``; the released code used a ReLU (``activation`` option).
+    """
+
+    def __init__(self, word_dim: int, hidden_dim: int, types: tuple[str, ...], activation: str = "sigmoid"):
+        super().__init__()
+        if activation not in ("sigmoid", "relu"):
+            raise ValueError(f"word classifier activation must be sigmoid or relu, got {activation!r}")
+        self.types = tuple(types)
+        self.fc1 = nn.Linear(word_dim, hidden_dim)  # W1, b1
+        self.fc2 = nn.Linear(hidden_dim, len(self.types))  # W2, b2
+        self.act = nn.Sigmoid() if activation == "sigmoid" else nn.ReLU()
+
+    def forward(self, words: Words) -> torch.Tensor:
+        probs = torch.softmax(self.fc2(self.act(self.fc1(words.features))), dim=-1)  # eq. 1
+        return probs * words.mask[..., None]
+
+    def weights(self, probs: torch.Tensor, *types: str) -> torch.Tensor:
+        """Sum of the probabilities of the named types, ``[B, T]``."""
+        return sum(probs[..., self.types.index(name)] for name in types)
+
+
+def weighted_words(words: Words, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_t w_t l_t``: a sentence vector from per-word weights ``[B, T]`` (eqs. 2, 11, 12)."""
+    return torch.einsum("bt,btc->bc", weights.to(words.features.dtype), words.features)

@@ -1,0 +1,23 @@
+"""Train a CMPC model: ``python scripts/train.py [dataset=NAME] [model=NAME] [experiment=NAME] [key=value ...]``.
+
+With no arguments: CMPC-I on the built-in synthetic benchmark (generated on first use), then the
+metrics table on its test split. Run directory: resolved config, TensorBoard logs, last.pt/best.pt,
+train_log.jsonl and metrics.json. Multi-GPU: ``torchrun --nproc_per_node=N scripts/train.py ...``.
+"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from cmpc.cli import friendly_errors, quiet_third_party_logs
+from cmpc.engine.trainer import train
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@friendly_errors
+def main(cfg) -> None:
+    quiet_third_party_logs()
+    train(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
