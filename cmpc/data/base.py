@@ -1,0 +1,280 @@
+"""Raw samples, the dataset base class and the collate function (docs/architecture.md, "Raw samples",
+"Model samples").
+
+A dataset family subclasses :class:`ReferringDataset`: it builds a list of light index records once (cached on
+disk, see :meth:`ReferringDataset.cached_index`) and implements ``load(i) -> RawSample``; the base class turns a
+raw sample into the model sample (letterbox + mean from :mod:`cmpc.data.transforms`, word ids from
+:mod:`cmpc.data.text`). One item is one (sentence, object[, frame]) pair: every sentence is a sample
+(REFERENCE.md 1.5).
+
+Malformed dataset entries are skipped while indexing and counted per reason (``self.skipped``), with one
+warning per reason; missing or unreadable files raise :class:`cmpc.errors.DatasetError` naming the file.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cmpc.data.text import MAX_WORDS, Vocabulary
+from cmpc.data.transforms import Letterbox
+from cmpc.errors import ConfigError, DatasetError
+
+log = logging.getLogger(__name__)
+
+INDEX_VERSION = 1
+README = "data/README.md"
+_reported: set = set()  # (index key) whose skip counts were already logged in this process
+
+
+@dataclass
+class RawSample:
+    """What a dataset family produces (architecture.md "Raw samples")."""
+
+    frames: list  # RGB uint8 H x W x 3 arrays; one for images, K for clips
+    center: int  # index in `frames` of the annotated frame
+    mask: np.ndarray  # bool H x W ground truth of the annotated frame, original resolution
+    sentence: str
+    meta: dict = field(default_factory=dict)
+
+
+# -------------------------------------------------------------------------------------------------
+# file helpers
+# -------------------------------------------------------------------------------------------------
+def require_file(path: str | os.PathLike, what: str, anchor: str) -> Path:
+    """Return ``path`` if it is a file, else raise a one-line DatasetError pointing to the README section."""
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"missing {what}: {p}; download it and lay it out as described in "
+                           f"{README}#{anchor}")
+    return p
+
+
+def require_dir(path: str | os.PathLike, what: str, anchor: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise DatasetError(f"missing {what} folder: {p}; download it and lay it out as described in "
+                           f"{README}#{anchor}")
+    return p
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """RGB uint8 ``H x W x 3`` (grey / palette / CMYK images converted; grey tiled to 3 channels)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"missing image file {p}; check the dataset layout in {README}")
+    try:
+        with Image.open(p) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise DatasetError(f"cannot read image {p} ({type(e).__name__}: {e}); the file is corrupt: "
+                           f"re-download or re-extract it") from e
+
+
+def clip_indices(center: int, n: int, offsets: Sequence[int]) -> list[int]:
+    """0-based frame indices ``center + offset`` clamped to ``[0, n-1]`` (official CMPC-V clamping)."""
+    return [min(max(center + int(o), 0), n - 1) for o in offsets]
+
+
+def resolve_offsets(num_frames: int, frame_offsets: Sequence[int] | None, frame_stride: int) -> list[int]:
+    """Clip offsets relative to the annotated frame; ``None`` -> K offsets centred with ``frame_stride``."""
+    k = int(num_frames)
+    if k < 1:
+        raise ConfigError(f"dataset.num_frames={num_frames} must be >= 1")
+    if frame_offsets is None:
+        offs = [(i - k // 2) * int(frame_stride) for i in range(k)]
+    else:
+        offs = [int(o) for o in frame_offsets]
+        if len(offs) != k:
+            raise ConfigError(f"dataset.frame_offsets has {len(offs)} entries but dataset.num_frames={k}; "
+                              f"make them agree (or set frame_offsets=null)")
+    if 0 not in offs:
+        raise ConfigError(f"dataset.frame_offsets={offs} must contain 0 (the annotated frame)")
+    return offs
+
+
+def _fingerprint(sources: Iterable[str | os.PathLike]) -> list:
+    out = []
+    for s in sources:
+        try:
+            st = os.stat(s)
+            out.append([str(s), st.st_size, st.st_mtime_ns])
+        except OSError:
+            out.append([str(s), None, None])
+    return out
+
+
+# -------------------------------------------------------------------------------------------------
+# dataset base
+# -------------------------------------------------------------------------------------------------
+class ReferringDataset(torch.utils.data.Dataset):
+    """Abstract base: subclasses fill ``self.items`` and implement :meth:`load` and :meth:`sentences`.
+
+    Common keyword arguments (the ``dataset`` config keys shared by all families): ``root``, ``split``,
+    ``vocab``, ``input_size`` (S), ``mean``, ``max_words`` (T), ``num_frames`` (K), ``cache_dir`` (None: no
+    index cache), ``mask_mode`` (bilinear|nearest).
+    """
+
+    name = "base"
+    is_video = False
+    SPLITS: tuple[str, ...] = ()  # split names of the official packaging (prepare_data lists these)
+    ANCHOR = ""  # data/README.md section
+
+    def __init__(self, root: str | os.PathLike, split: str, vocab: Vocabulary | None = None, *,
+                 input_size: int = 320, mean: str | None = "caffe_bgr", max_words: int = MAX_WORDS,
+                 num_frames: int = 1, cache_dir: str | os.PathLike | None = None, mask_mode: str = "bilinear"):
+        self.root = Path(root)
+        self.split = str(split)
+        self.vocab = vocab
+        self.letterbox = Letterbox(input_size, mean, mask_mode)
+        self.max_words = int(max_words)
+        self.num_frames = int(num_frames)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.items: list = []
+        self.skipped: collections.Counter = collections.Counter()
+        if not self.is_video and self.num_frames != 1:
+            raise ConfigError(f"dataset '{self.name}' is an image dataset: dataset.num_frames must be 1, "
+                              f"got {num_frames}")
+
+    # -- to implement -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> RawSample:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sentences(self) -> list[str]:  # pragma: no cover - abstract
+        """Every sentence of this split once (not once per frame sample): the vocabulary source."""
+        raise NotImplementedError
+
+    def available_splits(self) -> list[str]:
+        """Splits present on disk (default: the official ones)."""
+        return list(self.SPLITS)
+
+    def counts(self) -> dict[str, int]:
+        """Statistics printed by prepare_data: images/videos, objects, sentences, samples."""
+        return {"samples": len(self)}
+
+    # -- model sample -------------------------------------------------------------------------------
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.vocab is None:
+            raise ConfigError(f"dataset '{self.name}' was built without a vocabulary; pass the one from "
+                              f"cmpc.data.build_vocab(cfg) to build_dataset")
+        raw = self.load(index)
+        return self.to_model_sample(raw)
+
+    def to_model_sample(self, raw: RawSample) -> dict[str, Any]:
+        meta = dict(raw.meta)
+        sample_id = meta.get("sample_id", meta.get("group"))
+        words = self.vocab.encode(raw.sentence, self.max_words, sample_id=sample_id)
+        frame = raw.frames[raw.center]
+        h, w = frame.shape[:2]
+        if raw.mask is not None and raw.mask.shape != (h, w):
+            raise DatasetError(f"{self.name} sample {sample_id}: mask size {raw.mask.shape} differs from the "
+                               f"image size {(h, w)}; the annotation file is corrupt, re-download it")
+        meta["orig_size"] = (h, w)
+        meta.setdefault("kind", None)
+        meta.setdefault("no_target", False)
+        meta.setdefault("sentence", raw.sentence)
+        out: dict[str, Any] = {}
+        if self.is_video:
+            out["clip"] = self.letterbox.clip(raw.frames)
+        else:
+            out["image"] = self.letterbox.image(frame)
+        out["words"] = words
+        if raw.mask is not None:
+            out["target"] = self.letterbox.mask(raw.mask)
+            out["gt"] = np.asarray(raw.mask, dtype=bool)
+        else:
+            out["target"] = torch.zeros(self.letterbox.size, self.letterbox.size)
+            out["gt"] = None
+        out["meta"] = meta
+        return out
+
+    # -- indexing helpers ---------------------------------------------------------------------------
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] += n
+
+    def report_skipped(self) -> None:
+        for reason, n in sorted(self.skipped.items()):
+            log.warning("%s/%s: skipped %d entr%s: %s", self.name, self.split, n, "y" if n == 1 else "ies",
+                        reason)
+
+    def cached_index(self, build: Callable[[], dict], sources: Iterable[str | os.PathLike],
+                     options: dict) -> dict:
+        """``build()`` once, then from ``<cache_dir>/index/*.pkl`` while sources and options are unchanged.
+
+        ``build`` returns a picklable dict with at least ``items`` (list) and ``skipped`` (reason -> count).
+        The cache key holds the class, split, options and (path, size, mtime) of every source path.
+        """
+        key = json.dumps({"v": INDEX_VERSION, "cls": type(self).__name__, "split": self.split,
+                          "options": options, "sources": _fingerprint(sources)}, sort_keys=True, default=str)
+        digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+        path = None
+        if self.cache_dir is not None:
+            safe = "".join(c if c.isalnum() or c in "-_+" else "_" for c in f"{self.name}_{self.split}")
+            path = self.cache_dir / "index" / f"{safe}_{digest}.pkl"
+            if path.is_file():
+                try:
+                    with open(path, "rb") as f:
+                        index = pickle.load(f)
+                    if index.get("key") == key:
+                        return index
+                except Exception as e:  # stale or truncated cache: rebuild
+                    log.warning("index cache %s unreadable (%s); rebuilding", path, e)
+        index = build()
+        index["key"] = key
+        index["skipped"] = dict(index.get("skipped", {}))
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                with open(tmp, "wb") as f:
+                    pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
+                os.replace(tmp, path)
+            except OSError as e:
+                log.warning("could not write index cache %s (%s); continuing without it", path, e)
+        return index
+
+    def use_index(self, index: dict) -> None:
+        """Adopt a (possibly cached) index: items + skip counts, and warn once per skip reason."""
+        self.items = index["items"]
+        self.skipped = collections.Counter(index.get("skipped", {}))
+        key = index.get("key") or id(index)
+        if key not in _reported:  # once per process, not once per split object / DataLoader worker
+            _reported.add(key)
+            self.report_skipped()
+
+
+# -------------------------------------------------------------------------------------------------
+# collate
+# -------------------------------------------------------------------------------------------------
+STACKED = ("image", "clip", "words", "target")
+
+
+def collate(samples: Sequence[dict]) -> dict[str, Any]:
+    """Stack ``image``/``clip``/``words``/``target``; keep ``gt``, ``meta`` (and any other key) as lists."""
+    if not samples:
+        raise ValueError("collate() got an empty list of samples")
+    keys = set(samples[0])
+    for s in samples[1:]:
+        if set(s) != keys:
+            raise ValueError(f"collate() got samples with different keys: {sorted(keys)} vs {sorted(s)}")
+    batch: dict[str, Any] = {}
+    for k in samples[0]:
+        if k in STACKED:
+            batch[k] = torch.stack([s[k] for s in samples])
+        else:
+            batch[k] = [s[k] for s in samples]
+    return batch
