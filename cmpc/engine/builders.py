@@ -51,3 +51,34 @@ def build_datasets(cfg, splits=("train", "eval", "test")) -> Data:
 
 def build_model_for(cfg, vocab, embeddings=None) -> nn.Module:
     return build_model(cfg.model, cfg.backbone, len(vocab), embeddings)
+
+
+def newest_checkpoint(runs_dir, name: str = "best.pt"):
+    """The most recently written ``name`` under ``runs_dir`` (searched recursively)."""
+    from pathlib import Path
+
+    found = sorted(Path(runs_dir).glob(f"**/{name}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"no {name} under {runs_dir}; train first (python scripts/train.py) or pass checkpoint=PATH")
+    return found[-1]
+
+
+def load_trained(path, device="cpu"):
+    """``(model, config, vocab)`` of a checkpoint written by train.py, model in eval mode on ``device``."""
+    from omegaconf import OmegaConf
+
+    from ..data import Vocabulary
+    from .checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    if "config" not in state or "vocab" not in state:
+        raise ConfigError(f"{path} is not a cmpc training checkpoint (no config/vocab inside)")
+    cfg = OmegaConf.create(state["config"])
+    if "weights" in cfg.backbone:
+        cfg.backbone.weights = None  # the trained weights are in the checkpoint; keep the layout they need
+        if "caffe_layout" in cfg.backbone:
+            cfg.backbone.caffe_layout = bool(state.get("caffe_layout", False))
+    vocab = Vocabulary(state["vocab"])
+    model = build_model(cfg.model, cfg.backbone, len(vocab))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg, vocab

@@ -50,6 +50,7 @@ def evaluate(model, dataset, *, device, info: DistInfo = DistInfo(), batch_size:
              amp: str = "off", crf: bool = False, crf_workers: int | None = None, video: bool = False,
              progress: bool = True, desc: str = "eval") -> dict:
     """Metrics of ``model`` on ``dataset``: ``{"metrics", "by_kind"}`` and, with CRF, ``{"crf", "crf_by_kind"}``."""
+    device = torch.device(device)
     model.eval()
     shard = Subset(dataset, range(info.rank, len(dataset), info.world_size))
     loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)

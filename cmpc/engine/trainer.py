@@ -12,6 +12,7 @@ import logging
 import time
 from pathlib import Path
 
+import cv2
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
@@ -22,14 +23,35 @@ from ..data import collate
 from ..errors import ConfigError
 from ..metrics import format_table
 from ..models.loss import referring_loss
+from ..viz import overlay
 from . import checkpoint as ckpt
 from .builders import build_datasets, build_model_for
 from .distributed import barrier, cleanup, init_distributed, resolve_device
-from .evaluate import autocast, evaluate, model_inputs
+from .evaluate import autocast, evaluate, model_inputs, predict_logits
 from .optim import build_optimizer, learning_rate, set_learning_rate
 from .sampler import StepBatchSampler
 
 log = logging.getLogger(__name__)
+
+
+def log_predictions(writer: SummaryWriter, model, dataset, device, step: int, count: int = 4) -> None:
+    """A few validation predictions (mask over the image, sentence as title) as TensorBoard images."""
+    samples = [dataset[i] for i in range(min(count, len(dataset)))]
+    if not samples:
+        return
+    batch = collate(samples)
+    logits = predict_logits(model, batch, device)
+    model.train()
+    for i, (score, sample) in enumerate(zip(logits, samples)):
+        raw = dataset.load(i)
+        mask = (dataset.letterbox.invert(score, raw.mask.shape) >= 0).numpy()
+        picture = overlay(raw.frames[raw.center], mask, title=raw.sentence)
+        writer.add_image(f"val/prediction_{i}", picture, step, dataformats="HWC")
+
+
+def _quiet_worker(_: int) -> None:
+    """One OpenCV thread per data worker (the workers already parallelise)."""
+    cv2.setNumThreads(0)
 
 
 def _resume_path(resume, run_dir: Path) -> Path | None:
@@ -81,7 +103,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     sampler = StepBatchSampler(len(data.train), t.batch_size, cfg.seed, step, info.rank, info.world_size, t.steps)
     loader = DataLoader(
         data.train, batch_sampler=sampler, num_workers=t.num_workers, collate_fn=collate,
-        pin_memory=device.type == "cuda", persistent_workers=False,
+        pin_memory=device.type == "cuda", worker_init_fn=_quiet_worker,
     )
     writer = SummaryWriter(str(run_dir / "tensorboard")) if info.is_main else None
     log_file = (run_dir / "train_log.jsonl").open("a") if info.is_main else None
@@ -91,7 +113,8 @@ def train(cfg, run_dir: str | Path) -> dict:
             ckpt.atomic_save(
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                  "step": step, "best": best, "history": history, "rng": ckpt.rng_state(),
-                 "config": OmegaConf.to_container(cfg, resolve=True), "vocab": data.vocab.words},
+                 "config": OmegaConf.to_container(cfg, resolve=True), "vocab": data.vocab.words,
+                 "caffe_layout": getattr(model.backbone, "caffe_layout", None)},
                 run_dir / name,
             )
 
@@ -104,6 +127,9 @@ def train(cfg, run_dir: str | Path) -> dict:
         if writer is not None:
             for key, value in result["metrics"].items():
                 writer.add_scalar(f"val/{key}", value, step)
+            log_predictions(writer, model, data.eval, device, step)
+            tqdm.write(f"val@{step}: oIoU {score:.4f}  mIoU {result['metrics']['mIoU']:.4f}  "
+                       f"prec@0.5 {result['metrics']['prec@0.5']:.4f}")
         if score > best:
             best = score
             save("best.pt")

@@ -349,7 +349,7 @@ class _BasicBlock(nn.Module):
 
 
 class SmallResNet(Backbone):
-    """Narrow basic-block ResNet, output stride 8, trained from scratch (synthetic benchmark).
+    """Narrow basic-block ResNet, output stride 8 (or 4), trained from scratch (synthetic benchmark).
 
     Stem: 3x3 conv stride 2 + 3x3 max-pool stride 2 (stride 4); layer1 at stride 4; layer2 stride 2
     (Res3, stride 8); layer3/layer4 dilated 2/4 at stride 8 (Res4, Res5).
@@ -362,8 +362,11 @@ class SmallResNet(Backbone):
         blocks: tuple[int, int, int, int] = (1, 1, 1, 1),
         frozen: bool = False,
         frozen_bn: bool = False,
+        output_stride: int = 8,
     ) -> None:
         super().__init__(frozen=frozen, frozen_bn=frozen_bn)
+        if output_stride not in (4, 8):
+            raise ConfigError(f"SmallResNet output_stride must be 4 or 8, got {output_stride}")
         widths, blocks = tuple(int(w) for w in widths), tuple(int(b) for b in blocks)
         if len(widths) != 4 or len(blocks) != 4 or min(widths) < 1 or min(blocks) < 1:
             raise ConfigError(f"SmallResNet needs 4 positive widths and 4 positive block counts, got {widths}, {blocks}")
@@ -374,7 +377,9 @@ class SmallResNet(Backbone):
             nn.MaxPool2d(3, 2, 1),
         )
         cin, layers = widths[0], []
-        for width, n, stride, dilation in zip(widths, blocks, (1, 2, 1, 1), (1, 1, 2, 4)):
+        # output stride 4 keeps layer2 at stride 4 and dilates layer2/3/4 by 2/4/8 instead of 1/2/4
+        strides, dilations = ((1, 2, 1, 1), (1, 1, 2, 4)) if output_stride == 8 else ((1, 1, 1, 1), (1, 2, 4, 8))
+        for width, n, stride, dilation in zip(widths, blocks, strides, dilations):
             block = [_BasicBlock(cin, width, stride, dilation)]
             block += [_BasicBlock(width, width, 1, dilation) for _ in range(n - 1)]
             layers.append(nn.Sequential(*block))
@@ -384,8 +389,8 @@ class SmallResNet(Backbone):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         self.out_channels = (widths[1], widths[2], widths[3])
-        self.spatial_strides = (8, 8, 8)
-        self.stride = 8
+        self.spatial_strides = (output_stride,) * 3
+        self.stride = output_stride
         self._finish()
 
     def forward(self, x: Tensor) -> list[Tensor]:

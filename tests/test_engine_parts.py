@@ -1,0 +1,90 @@
+"""Optimiser groups, learning-rate schedules, the step sampler and atomic checkpoints."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from cmpc.engine.checkpoint import atomic_save, load_checkpoint
+from cmpc.engine.optim import build_optimizer, learning_rate, parameter_groups, set_learning_rate
+from cmpc.engine.sampler import StepBatchSampler
+from cmpc.errors import ConfigError
+
+SCHEDULE = OmegaConf.create({"lr": 2.5e-4, "end_lr": 1e-5, "schedule": "poly", "poly_power": 0.9,
+                             "decay_steps": 800, "steps": 700, "step_at": 0.8, "step_gamma": 0.1})
+
+
+def test_poly_decay_matches_the_official_formula():
+    assert learning_rate(0, SCHEDULE) == pytest.approx(2.5e-4)
+    assert learning_rate(800, SCHEDULE) == pytest.approx(1e-5)
+    assert learning_rate(5000, SCHEDULE) == pytest.approx(1e-5)
+    assert learning_rate(400, SCHEDULE) == pytest.approx((2.5e-4 - 1e-5) * 0.5 ** 0.9 + 1e-5)
+
+
+def test_step_schedule_divides_by_ten_at_eighty_percent():
+    cfg = OmegaConf.merge(SCHEDULE, {"schedule": "step", "lr": 5e-4, "steps": 200})
+    assert learning_rate(159, cfg) == pytest.approx(5e-4)
+    assert learning_rate(160, cfg) == pytest.approx(5e-5)
+    with pytest.raises(ConfigError):
+        learning_rate(0, OmegaConf.merge(SCHEDULE, {"schedule": "cosine"}))
+
+
+def test_weight_decay_only_on_trained_conv_and_linear_weights_and_biases_at_twice_the_rate():
+    model = nn.ModuleDict({
+        "conv": nn.Conv2d(3, 4, 1), "fc": nn.Linear(4, 2), "norm": nn.LayerNorm(4),
+        "emb": nn.Embedding(5, 4), "lstm": nn.LSTM(4, 4), "frozen": nn.Linear(4, 4),
+    })
+    model["frozen"].requires_grad_(False)
+    groups = parameter_groups(model, lr=1.0, weight_decay=5e-4, bias_lr_mult=2.0)
+    decay, no_decay, biases = groups
+    ids = lambda ps: {id(p) for p in ps}
+    assert ids(decay["params"]) == {id(model["conv"].weight), id(model["fc"].weight)}
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == biases["weight_decay"] == 0
+    assert id(model["emb"].weight) in ids(no_decay["params"]) and id(model["norm"].weight) in ids(no_decay["params"])
+    assert id(model["frozen"].weight) not in ids(decay["params"] + no_decay["params"] + biases["params"])
+    assert biases["lr"] == 2.0
+    cfg = OmegaConf.create({"optimizer": "adam", "lr": 1e-3, "weight_decay": 5e-4, "bias_lr_mult": 2.0})
+    optimizer = build_optimizer(model, cfg)
+    set_learning_rate(optimizer, 1e-4)
+    assert sorted(g["lr"] for g in optimizer.param_groups) == pytest.approx([1e-4, 1e-4, 2e-4])
+
+
+def test_step_sampler_covers_each_epoch_and_splits_the_global_batch_over_ranks():
+    single = list(StepBatchSampler(10, 4, seed=3, steps=5))
+    flat = [i for batch in single for i in batch]
+    assert sorted(flat[:10]) == list(range(10))  # first epoch is a permutation
+    assert all(len(b) == 4 for b in single)
+    ranks = [list(StepBatchSampler(10, 4, seed=3, steps=5, rank=r, world_size=2)) for r in range(2)]
+    for step, batch in enumerate(single):
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(batch)
+    resumed = list(StepBatchSampler(10, 4, seed=3, start_step=2, steps=5))
+    assert resumed == single[2:]
+    with pytest.raises(ValueError):
+        StepBatchSampler(10, 3, world_size=2)
+
+
+def test_atomic_save_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "last.pt"
+    atomic_save({"step": 1}, path)
+    atomic_save({"step": 2}, path)
+    assert load_checkpoint(path)["step"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        atomic_save({"bad": Unpicklable()}, path)
+    assert load_checkpoint(path)["step"] == 2  # the old checkpoint survives a failed write
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_checkpoint(tmp_path / "broken.pt")
+
+
+def test_sampler_order_is_a_function_of_seed_and_step_only():
+    a = list(StepBatchSampler(7, 3, seed=0, steps=6))
+    torch.manual_seed(123)  # global RNG state must not matter
+    b = list(StepBatchSampler(7, 3, seed=0, steps=6))
+    assert a == b and a != list(StepBatchSampler(7, 3, seed=1, steps=6))
