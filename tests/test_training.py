@@ -46,14 +46,16 @@ def test_a_tiny_model_overfits_a_few_synthetic_samples(tmp_path):
     assert result["test"]["metrics"]["oIoU"] > 0.9, result["test"]["metrics"]
 
 
-def test_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path, grouped):
     data = tmp_path / "data"
-    full = train(compose_cfg(tiny_overrides(data, steps=6)), tmp_path / "full")
+    group = [f"trainer.group_by_image={grouped}", "dataset.generate.expressions_per_image=[1,3]"]
+    full = train(compose_cfg(tiny_overrides(data, steps=6, extra=group)), tmp_path / "full")
     run = tmp_path / "interrupted"
-    first = train(compose_cfg(tiny_overrides(data, steps=6, extra=["trainer.stop_at_step=3"])), run)
+    first = train(compose_cfg(tiny_overrides(data, steps=6, extra=group + ["trainer.stop_at_step=3"])), run)
     assert len(first["history"]) == 3 and "test" not in first
     assert load_checkpoint(run / "last.pt")["step"] == 3
-    resumed = train(compose_cfg(tiny_overrides(data, steps=6, extra=["resume=true"])), run)
+    resumed = train(compose_cfg(tiny_overrides(data, steps=6, extra=group + ["resume=true"])), run)
     assert resumed["history"] == full["history"]  # bit-exact on CPU
     assert resumed["test"]["metrics"] == full["test"]["metrics"]
     assert not list(run.glob(".last.pt.*")), "no temporary checkpoint files may remain"
@@ -125,3 +127,32 @@ def test_people_get_one_line_errors(tmp_path):
     assert empty.returncode == 2 and "train first" in empty.stderr
     bad_key = _run([sys.executable, "scripts/train.py", "trainer.no_such_key=1"])
     assert bad_key.returncode != 0 and "no_such_key" in bad_key.stderr
+
+
+def test_grouped_backbone_gives_the_same_gradients_as_one_pass_per_sentence(tmp_path):
+    from cmpc.data import collate, collate_grouped
+    from cmpc.engine.builders import build_datasets, build_model_for
+    from cmpc.engine.trainer import group_indices
+    from cmpc.models.loss import referring_loss
+
+    cfg = compose_cfg(tiny_overrides(tmp_path / "data", images=3, extra=[
+        "dataset.generate.expressions_per_image=[2,3]", "backbone.frozen=true", "backbone.frozen_bn=true"]))
+    data = build_datasets(cfg, splits=("train",))
+    groups = group_indices(data.train)
+    assert any(len(g) > 1 for g in groups) and sorted(i for g in groups for i in g) == list(range(len(data.train)))
+    samples = [data.train[i] for g in groups for i in g]
+    torch.manual_seed(0)
+    model = build_model_for(cfg, data.vocab).train()
+
+    def gradients(batch):
+        model.zero_grad()
+        out = model(batch["image"], batch["words"], batch.get("image_index"))
+        referring_loss(out, batch["target"], reduction="sum")[0].backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    grouped_batch = collate_grouped(samples)
+    assert grouped_batch["image"].shape[0] == len(groups) < len(samples)
+    plain, grouped = gradients(collate(samples)), gradients(grouped_batch)
+    assert plain.keys() == grouped.keys()
+    for name in plain:
+        assert torch.allclose(plain[name], grouped[name], rtol=1e-4, atol=1e-6), name

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from cmpc.data.a2d import A2DDataset
-from cmpc.data.base import RawSample, ReferringDataset, collate
+from cmpc.data.base import RawSample, ReferringDataset, collate, collate_grouped
 from cmpc.data.jhmdb import JHMDBDataset
 from cmpc.data.refer import (GRefDataset, GRefUMDDataset, RefClefDataset, SyntheticImageDataset, UNCDataset,
                              UNCPlusDataset)
@@ -49,7 +49,7 @@ DATASETS: dict[str, type[ReferringDataset]] = {
 # keys of the `dataset` node consumed here rather than passed to the dataset class
 REGISTRY_KEYS = {"name", "train_split", "eval_split", "test_split", "vocab", "glove", "glove_dim", "min_count", "generate"}
 
-__all__ = ["DATASETS", "build_dataset", "build_vocab", "build_glove", "vocab_path", "collate", "RawSample",
+__all__ = ["DATASETS", "build_dataset", "build_vocab", "build_glove", "vocab_path", "collate", "collate_grouped", "RawSample",
            "ReferringDataset", "Vocabulary", "Letterbox", "VideoExpression", "write_submission", "tokenize",
            "glove_matrix", "cached_glove_matrix"]
 

@@ -158,6 +158,11 @@ class ReferringDataset(torch.utils.data.Dataset):
         """Every sentence of this split once (not once per frame sample): the vocabulary source."""
         raise NotImplementedError
 
+    def group_key(self, index: int) -> str:
+        """Key shared by the samples of the same image/clip, without loading it (used to run the backbone once
+        per image for all its sentences). Families with several sentences per image override this."""
+        return f"{self.name}/{self.split}/{index}"
+
     def available_splits(self) -> list[str]:
         """Splits present on disk (default: the official ones)."""
         return list(self.SPLITS)
@@ -277,4 +282,18 @@ def collate(samples: Sequence[dict]) -> dict[str, Any]:
             batch[k] = torch.stack([s[k] for s in samples])
         else:
             batch[k] = [s[k] for s in samples]
+    return batch
+
+
+def collate_grouped(samples: Sequence[dict]) -> dict[str, Any]:
+    """:func:`collate`, keeping one image per ``meta["group"]``: ``image [U, 3, S, S]`` holds the distinct images
+    and ``image_index [B]`` maps every sentence to its image (the model then runs the backbone once per image)."""
+    batch = collate(samples)
+    key = "clip" if "clip" in batch else "image"
+    first: dict[str, int] = {}  # group -> position of its first sample
+    for i, meta in enumerate(batch["meta"]):
+        first.setdefault(meta["group"], i)
+    slot = {group: u for u, group in enumerate(first)}
+    batch[key] = batch[key][list(first.values())]
+    batch["image_index"] = torch.tensor([slot[m["group"]] for m in batch["meta"]], dtype=torch.long)
     return batch

@@ -221,6 +221,9 @@ class ReferDataset(ReferringDataset):
     def sentences(self) -> list[str]:
         return [text for _, text, _ in self.items]
 
+    def group_key(self, index: int) -> str:
+        return f"{self.name}/{self.refs[self.items[index][0]]['image_id']}"
+
     def counts(self) -> dict[str, int]:
         return {"images": len({r["image_id"] for r in self.refs}), "objects": len(self.refs),
                 "sentences": len(self.items), "samples": len(self.items)}

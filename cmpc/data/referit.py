@@ -102,6 +102,9 @@ class ReferItDataset(ReferringDataset):
                 "sample_id": f"{self.name}/{self.split}/{region}/{j}"}
         return RawSample(frames=[image], center=0, mask=mask, sentence=text, meta=meta)
 
+    def group_key(self, index: int) -> str:
+        return f"{self.name}/{self.items[index][0]}"
+
     def available_splits(self) -> list[str]:
         d = self.query_path.parent
         return sorted(p.name[len("referit_query_"):-len(".json")] for p in d.glob("referit_query_*.json"))

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from ..data import collate
+from ..data import collate_grouped
 from ..metrics import RefSegMetrics
 from ..models.functional import upsample_logits
 from .distributed import DistInfo, gather_objects
@@ -53,7 +53,8 @@ def evaluate(model, dataset, *, device, info: DistInfo = DistInfo(), batch_size:
     device = torch.device(device)
     model.eval()
     shard = Subset(dataset, range(info.rank, len(dataset), info.world_size))
-    loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    # neighbouring sentences of the same image share one backbone pass
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_grouped)
     make = RefSegMetrics.video if video else RefSegMetrics
     plain, refined = make(), make()
     pool = None
@@ -69,6 +70,7 @@ def evaluate(model, dataset, *, device, info: DistInfo = DistInfo(), batch_size:
                 plain.update(letterbox.invert(score, gt.shape) >= 0, gt, kind=meta.get("kind"))
             if pool is not None:
                 frames = batch["clip"][:, batch["clip"].shape[1] // 2] if "clip" in batch else batch["image"]
+                frames = frames[batch["image_index"]]
                 images = [letterbox.denormalize(t) for t in frames]
                 masks = pool.map(images, [torch.sigmoid(s).numpy() for s in logits])
                 for mask, gt, meta in zip(masks, batch["gt"], batch["meta"]):

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from ..data import collate
+from ..data import collate, collate_grouped
 from ..errors import ConfigError
 from ..metrics import format_table
 from ..models.loss import referring_loss
@@ -47,6 +47,14 @@ def log_predictions(writer: SummaryWriter, model, dataset, device, step: int, co
         mask = (dataset.letterbox.invert(score, raw.mask.shape) >= 0).numpy()
         picture = overlay(raw.frames[raw.center], mask, title=raw.sentence)
         writer.add_image(f"val/prediction_{i}", picture, step, dataformats="HWC")
+
+
+def group_indices(dataset) -> list[list[int]]:
+    """Sample indices grouped by image (``dataset.group_key``), in dataset order."""
+    groups: dict[str, list[int]] = {}
+    for i in range(len(dataset)):
+        groups.setdefault(dataset.group_key(i), []).append(i)
+    return list(groups.values())
 
 
 def _quiet_worker(_: int) -> None:
@@ -100,9 +108,11 @@ def train(cfg, run_dir: str | Path) -> dict:
     if info.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
-    sampler = StepBatchSampler(len(data.train), t.batch_size, cfg.seed, step, info.rank, info.world_size, t.steps)
+    groups = group_indices(data.train) if t.group_by_image else len(data.train)
+    sampler = StepBatchSampler(groups, t.batch_size, cfg.seed, step, info.rank, info.world_size, t.steps)
     loader = DataLoader(
-        data.train, batch_sampler=sampler, num_workers=t.num_workers, collate_fn=collate,
+        data.train, batch_sampler=sampler, num_workers=t.num_workers,
+        collate_fn=collate_grouped if t.group_by_image else collate,
         pin_memory=device.type == "cuda", worker_init_fn=_quiet_worker,
     )
     writer = SummaryWriter(str(run_dir / "tensorboard")) if info.is_main else None

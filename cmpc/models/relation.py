@@ -11,8 +11,8 @@ visualisation (``adjacency()``); both agree to float tolerance (tests).
 
 Choices the paper leaves open (docs/model.md): the affinity is scaled by 1/sqrt(C) as in the
 released code; padding words get no attention; each graph convolution is followed by LayerNorm
-and ReLU (needed to stack g > 1 layers), and all layers share the adjacency built from the first
-layer's vertices.
+and ReLU (needed to stack g > 1 layers), all layers share the adjacency built from the first
+layer's vertices, and the output is L2-normalised over channels like the released code.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from .functional import masked_softmax
+from .functional import l2_normalize, masked_softmax
 
 
 class RelationAwareReasoning(nn.Module):
@@ -61,4 +61,4 @@ class RelationAwareReasoning(nn.Module):
         for weight, norm in zip(self.gcn, self.norms):
             propagated = adjacency @ x if adjacency is not None else b1 @ (b2 @ x)  # A M~
             x = torch.relu(norm(weight(propagated + x)))  # eq. 10: (A + I) M~ W7
-        return x.transpose(1, 2).reshape(b, c, h, w)
+        return l2_normalize(x.transpose(1, 2).reshape(b, c, h, w))  # channel L2 norm (released code)
