@@ -37,9 +37,11 @@ def compose_cfg(overrides):
 
 
 def test_a_tiny_model_overfits_a_few_synthetic_samples(tmp_path):
+    # output stride 4 so that the mask resolution does not cap the IoU of the small objects
     overrides = tiny_overrides(tmp_path / "data", steps=300, images=2, extra=[
-        "dataset.eval_split=train", "dataset.test_split=train", "trainer.lr=5e-3", "trainer.batch_size=4",
-        "dataset.generate.expressions_per_image=[2,2]",
+        "dataset.eval_split=train", "dataset.test_split=train", "trainer.lr=3e-3", "trainer.batch_size=2",
+        "trainer.schedule=constant",
+        "dataset.generate.expressions_per_image=[1,1]", "backbone.output_stride=4",
     ])
     result = train(compose_cfg(overrides), tmp_path / "run")
     assert result["history"][-1] < 0.2 * result["history"][0]

@@ -57,7 +57,7 @@ __all__ = [
     "scene_from_json", "load_image_scenes", "load_video_scenes", "benchmark_statistics", "format_statistics",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # ----------------------------------------------------------------------------------------------------------
 # Vocabulary
@@ -83,7 +83,7 @@ COLOUR_WORDS = {"red": ("red",), "green": ("green",), "blue": ("blue",), "yellow
                 "purple": ("purple", "violet"), "orange": ("orange",)}
 SIZES = ("small", "big")
 SIZE_WORDS = {"small": ("small", "little", "tiny"), "big": ("big", "large")}
-SIZE_RADIUS = {"small": (8.0, 10.5), "big": (15.5, 19.5)}  # bounding radius in px at 128 px images
+SIZE_RADIUS = {"small": (12.0, 15.0), "big": (19.0, 24.0)}  # bounding radius in px at 128 px images
 
 KINDS = ("entity", "attribute", "relation", "location", "action", "negative")
 IMAGE_KINDS = ("entity", "attribute", "relation", "location")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .coords import CoordinateFusion
+from .functional import l2_normalize
 from .language import IMAGE_WORD_TYPES, WordClassifier, WordEncoder, Words, weighted_words
 from .perception import EntityPerception
 from .relation import RelationAwareReasoning
@@ -96,8 +97,7 @@ class CMPCImage(nn.Module):
             raise ValueError(f"model.levels must be a non-empty subset of {list(LEVEL_NAMES)}, got {list(cfg.levels)}")
         self.level_index = [LEVEL_NAMES.index(name) for name in cfg.levels]
         self.words = WordEncoder(vocab_size, cfg.embed_dim, cfg.word_dim, embeddings, cfg.freeze_embeddings)
-        reasons = cfg.entity_perception or cfg.relation_aware_reasoning
-        needs_types = reasons or (cfg.tgfe and cfg.necessary_words)
+        needs_types = self.routes_words() or (cfg.tgfe and cfg.necessary_words)
         self.classifier = (
             WordClassifier(cfg.word_dim, cfg.word_classifier_dim, self.word_types, cfg.word_classifier_activation)
             if needs_types
@@ -127,29 +127,39 @@ class CMPCImage(nn.Module):
         )
 
     # -- language -------------------------------------------------------------------------------
+    def routes_words(self) -> bool:
+        """Whether a reasoning stage weighs words by their type (EP, RAR; CMPC-V adds AAR)."""
+        return bool(self.cfg.entity_perception or self.cfg.relation_aware_reasoning)
+
     def encode_language(self, tokens: torch.Tensor) -> Language:
         words = self.words(tokens)
         if self.classifier is None:
             return Language(words, None, None, None, words.sentence, words.sentence)
         probs = self.classifier(words)
         weight = self.classifier.weights
-        necessary = weighted_words(words, weight(probs, "entity", "attribute", "relation"))  # eq. 11
-        reasons = self.cfg.entity_perception or self.cfg.relation_aware_reasoning
+        # sentence vectors are L2-normalised like every other feature (released code): an unnormalised s would
+        # dominate the per-position concatenation of eq. 11 and wash out the visual channels
+        necessary = l2_normalize(weighted_words(words, weight(probs, "entity", "attribute", "relation")), dim=-1)  # eq. 11
+        reasons = self.routes_words()
         return Language(
             words=words,
             probs=probs,
-            entity=weighted_words(words, weight(probs, "entity", "attribute")),  # eq. 2
+            entity=l2_normalize(weighted_words(words, weight(probs, "entity", "attribute")), dim=-1),  # eq. 2
             relation=words.features * weight(probs, "relation")[..., None],  # eq. 5
             sentence=necessary if reasons else words.sentence,
             exchange=necessary if self.cfg.necessary_words else words.sentence,
         )
 
     # -- vision ---------------------------------------------------------------------------------
-    def backbone_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """The selected backbone levels, resized to a common (the first level's) resolution."""
+    def run_backbone(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """All backbone levels; no autograd graph through a frozen backbone."""
         trainable = any(p.requires_grad for p in self.backbone.parameters())
         with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
-            feats = self.backbone(images)
+            return self.backbone(images)
+
+    def backbone_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The selected backbone levels, resized to a common (the first level's) resolution."""
+        feats = self.run_backbone(images)
         feats = [feats[i] for i in self.level_index]
         size = feats[0].shape[-2:]
         return [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats]
