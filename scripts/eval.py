@@ -17,6 +17,7 @@ from cmpc.data import build_dataset
 from cmpc.engine.builders import load_trained, newest_checkpoint
 from cmpc.engine.distributed import resolve_device
 from cmpc.engine.evaluate import evaluate
+from cmpc.engine.video import evaluate_videos, write_video_submission
 from cmpc.metrics import format_table
 
 log = logging.getLogger("eval")
@@ -47,15 +48,30 @@ def main(cfg) -> None:
     ds_cfg = dataset_config(cfg, trained_cfg)
     split = cfg.split or ds_cfg.eval_split
     dataset = build_dataset(ds_cfg, split, vocab)
-    result = evaluate(model, dataset, device=device, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                      amp=cfg.amp, crf=cfg.crf, crf_workers=cfg.crf_workers, video=getattr(dataset, "is_video", False))
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
     title = f"{ds_cfg.name} {split} ({trained_cfg.model.name}, {path})"
-    print(format_table(result["metrics"], title=title))
-    if result["by_kind"]:
-        print(format_table(result["by_kind"], title="by expression kind"))
-    if cfg.crf:
-        print(format_table(result["crf"], title=f"{title} + DenseCRF"))
-    out = Path(HydraConfig.get().runtime.output_dir) / "metrics.json"
+    result = {}
+    if len(dataset):  # annotated samples (centre frames for video datasets)
+        result = evaluate(model, dataset, device=device, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                          amp=cfg.amp, crf=cfg.crf, crf_workers=cfg.crf_workers, video=getattr(dataset, "is_video", False))
+        print(format_table(result["metrics"], title=title))
+        if result["by_kind"]:
+            print(format_table(result["by_kind"], title="by expression kind"))
+        if cfg.crf:
+            print(format_table(result["crf"], title=f"{title} + DenseCRF"))
+    if cfg.whole_videos and hasattr(dataset, "iter_expressions"):  # every frame of every expression: J&F
+        videos = evaluate_videos(model, dataset, device, split=split, batch_size=cfg.batch_size, amp=cfg.amp)
+        result["videos"] = videos
+        if videos["expressions"]:
+            print(format_table(videos["jf"], title=f"{title}: J&F over whole videos"))
+            if videos["jf_by_kind"]:
+                print(format_table(videos["jf_by_kind"], title="J&F by expression kind"))
+        if videos["without_gt"]:
+            zip_path = out_dir / "submission.zip"
+            count = write_video_submission(model, dataset, device, zip_path, split=split, batch_size=cfg.batch_size)
+            print(f"{videos['without_gt']} expressions have no public masks: wrote {count} PNGs to {zip_path} "
+                  f"for the evaluation server")
+    out = out_dir / "metrics.json"
     out.write_text(json.dumps({"checkpoint": str(path), "dataset": ds_cfg.name, "split": split, **result}, indent=2, default=str))
     print(f"metrics written to {out}")
 

@@ -1,43 +1,82 @@
-"""Segment what a sentence refers to in one image:
-``python scripts/predict.py checkpoint=PATH image=photo.jpg text="the man on the left"``.
+"""Segment what a sentence refers to in an image or a video:
+``python scripts/predict.py checkpoint=PATH image=photo.jpg text="the man on the left"``
+``python scripts/predict.py checkpoint=PATH video=clip.mp4 text="the dog jumping"`` (a video file or a folder of frames)
 
-Writes ``<out>_overlay.png`` (mask over the image, sentence as title) and ``<out>_mask.png`` (0/255).
+Images: writes ``<out>_overlay.png`` (mask over the image, sentence as title) and ``<out>_mask.png`` (0/255).
+Videos (a CMPC-V checkpoint): every frame is the centre of its own clip; writes ``<out>_overlay.gif`` and
+``<out>_masks/<frame>.png``.
 """
 
 from pathlib import Path
 
+import cv2
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 
 from cmpc.cli import friendly_errors, quiet_third_party_logs
 from cmpc.data import Letterbox
-from cmpc.data.base import read_image
+from cmpc.data.base import read_image, resolve_offsets
 from cmpc.engine.builders import load_trained, newest_checkpoint
 from cmpc.engine.distributed import resolve_device
-from cmpc.models.functional import upsample_logits
-from cmpc.viz import overlay, save_png
+from cmpc.engine.video import segment_frames
+from cmpc.errors import ConfigError, DatasetError
+from cmpc.viz import overlay, save_png, write_gif
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def read_video(path: Path) -> list:
+    """RGB frames of a video file (OpenCV) or of a folder of images (sorted by name)."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DatasetError(f"no image files in {path}; give a video file or a folder of frames")
+        return [read_image(p) for p in files]
+    if not path.is_file():
+        raise DatasetError(f"video {path} does not exist")
+    capture, frames = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    capture.release()
+    if not frames:
+        raise DatasetError(f"cannot decode any frame of {path}; convert it to mp4 (H.264) or extract the frames")
+    return frames
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
 @friendly_errors
 def main(cfg) -> None:
     quiet_third_party_logs()
+    if (cfg.image is None) == (cfg.video is None):
+        raise ConfigError("give exactly one of image=PATH or video=PATH")
     path = Path(cfg.checkpoint) if cfg.checkpoint else newest_checkpoint(cfg.paths.runs)
     device = resolve_device(cfg.device)
     model, trained, vocab = load_trained(path, device)
-    image = read_image(cfg.image)
-    letterbox = Letterbox(trained.dataset.input_size, trained.dataset.mean)
-    words = vocab.encode(str(cfg.text), trained.dataset.max_words)[None].to(device)
-    with torch.no_grad():
-        logits = model(letterbox.image(image)[None].to(device), words)["logits"]
-    size = (letterbox.size, letterbox.size)
-    mask = (letterbox.invert(upsample_logits(logits.float(), size)[0, 0].cpu(), image.shape[:2]) >= 0).numpy()
-    out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir) / f"{Path(cfg.image).stem}_cmpc"
+    ds = trained.dataset
+    letterbox = Letterbox(ds.input_size, ds.mean)
+    words = vocab.encode(str(cfg.text), ds.max_words)
+    source = Path(cfg.image if cfg.image is not None else cfg.video)
+    out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir) / f"{source.stem}_cmpc"
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_png(f"{out}_overlay.png", overlay(image, mask, title=str(cfg.text)))
-    save_png(f"{out}_mask.png", mask.astype("uint8") * 255)
-    print(f"{int(mask.sum())} pixels ({100 * mask.mean():.1f}%) selected; wrote {out}_overlay.png and {out}_mask.png")
+    frames = [read_image(source)] if cfg.image is not None else read_video(source)
+    tensors = [(letterbox.image(f), f.shape[:2]) for f in frames]
+    offsets = resolve_offsets(ds.num_frames, ds.get("frame_offsets"), ds.get("frame_stride", 1)) if cfg.video else [0]
+    masks = segment_frames(model, tensors.__getitem__, len(frames), offsets, words, letterbox, device)
+    if cfg.image is not None:
+        save_png(f"{out}_overlay.png", overlay(frames[0], masks[0], title=str(cfg.text)))
+        save_png(f"{out}_mask.png", masks[0].astype("uint8") * 255)
+        print(f"{int(masks[0].sum())} pixels ({100 * masks[0].mean():.1f}%) selected; "
+              f"wrote {out}_overlay.png and {out}_mask.png")
+        return
+    (mask_dir := Path(f"{out}_masks")).mkdir(exist_ok=True)
+    for i, mask in enumerate(masks):
+        save_png(mask_dir / f"{i:05d}.png", mask.astype("uint8") * 255)
+    write_gif(f"{out}_overlay.gif", [overlay(f, m, title=str(cfg.text)) for f, m in zip(frames, masks)])
+    print(f"segmented {len(frames)} frames; wrote {out}_overlay.gif and {mask_dir}/")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Parameter count (trainable vs frozen) and FLOPs of a CMPC network at its input size:
-``python scripts/summary.py [model=cmpc_i] [experiment=...] [dataset.input_size=320]``.
+```python scripts/summary.py [model=cmpc_i] [experiment=...] [dataset.input_size=320]``;
+CMPC-V: ``python scripts/summary.py dataset=a2d`` (clips of ``dataset.num_frames`` frames).
 
 FLOPs are counted by ``torch.utils.flop_counter`` (2 per multiply-add, convolutions and matrix products).
 """
@@ -25,12 +26,13 @@ def main(cfg) -> None:
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.backbone, cfg.vocab_size)
     size, b = cfg.dataset.input_size, cfg.batch_size
-    images = torch.randn(b, 3, size, size)
+    k = cfg.dataset.num_frames  # video datasets feed clips of K frames
+    images = torch.randn(b, k, 3, size, size) if k > 1 else torch.randn(b, 3, size, size)
     words = torch.randint(2, cfg.vocab_size, (b, cfg.dataset.max_words))
     rows = [("backbone", *count(model.backbone))]
     rows += [(name, *count(child)) for name, child in model.named_children() if name != "backbone"]
     total = count(model)
-    print(f"model={cfg.model.name} backbone={cfg.backbone.name} input={size}x{size} batch={b} vocab={cfg.vocab_size}\n")
+    print(f"model={cfg.model.name} backbone={cfg.backbone.name} input={size}x{size} frames={k} batch={b} vocab={cfg.vocab_size}\n")
     print("| part | trainable | frozen |\n|---|---:|---:|")
     for name, trainable, frozen in rows + [("**total**", *total)]:
         print(f"| {name} | {trainable:,} | {frozen:,} |")

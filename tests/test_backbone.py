@@ -253,8 +253,12 @@ def test_i3d_rejects_resnet_checkpoint(tmp_path):
 
 
 def test_build_backbone_from_configs():
-    small = build_backbone(OmegaConf.load(CONFIGS / "small.yaml"))
-    assert isinstance(small, SmallResNet) and small.out_channels == (64, 128, 256)
+    cfg = OmegaConf.load(CONFIGS / "small.yaml")
+    small = build_backbone(cfg)
+    assert isinstance(small, SmallResNet) and small.out_channels == tuple(cfg.widths[1:])
+    assert small.stride == cfg.output_stride
+    fine = build_backbone({"name": "small", "widths": [4, 8, 8, 8], "output_stride": 4})
+    assert [f.shape[-1] for f in fine(torch.randn(1, 3, 32, 32))] == [8, 8, 8]
     assert all(p.requires_grad for p in small.parameters())
     assert isinstance(build_backbone(OmegaConf.load(CONFIGS / "i3d.yaml")), I3D)
     r50 = build_backbone(OmegaConf.load(CONFIGS / "resnet50.yaml"))

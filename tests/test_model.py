@@ -223,3 +223,16 @@ def test_shared_backbone_gives_the_same_output_as_repeated_images():
     grouped = model(images, words, image_index=index)["logits"]
     repeated = model(images[index], words)["logits"]
     assert torch.allclose(grouped, repeated, atol=1e-5)
+
+
+@pytest.mark.parametrize("tanh", [False, True])
+def test_folded_entity_perception_equals_the_per_head_form(tanh):
+    from cmpc.models.functional import l2_normalize
+    from cmpc.models.perception import EntityPerception
+
+    torch.manual_seed(0)
+    ep = EntityPerception(visual_dim=12, word_dim=10, dim=8, heads=5, tanh=tanh)
+    x, q = torch.randn(3, 12, 4, 5), torch.randn(3, 10)
+    out = ep(x, q)
+    assert out.shape == (3, 8, 4, 5)
+    assert torch.allclose(out, l2_normalize(ep.per_head(x, q)), atol=1e-5)

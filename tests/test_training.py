@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,3 +159,27 @@ def test_grouped_backbone_gives_the_same_gradients_as_one_pass_per_sentence(tmp_
     assert plain.keys() == grouped.keys()
     for name in plain:
         assert torch.allclose(plain[name], grouped[name], rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_video_train_eval_predict_end_to_end(tmp_path):
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    env = {"CMPC_RUNS_DIR": str(runs)}
+    overrides = [o for o in tiny_overrides(data, steps=2) if not o.startswith("dataset.generate.splits")]
+    overrides += ["dataset=synthetic_video", "dataset.generate.splits={train: 3, valid: 2}", "trainer.batch_size=2"]
+    trained = _run([sys.executable, "scripts/train.py", *overrides], env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "mAP" in trained.stdout  # video metrics: Prec@0.50:0.05:0.95 and their mean
+    evaluated = _run([sys.executable, "scripts/eval.py", f"paths.data={data}", "num_workers=0"], env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "J&F over whole videos" in evaluated.stdout
+    result = json.loads(next((runs / "eval").glob("*/metrics.json")).read_text())
+    assert result["videos"]["expressions"] > 0 and 0 <= result["videos"]["jf"]["JF"] <= 1
+
+    frames = sorted((data / "synthetic_video" / "valid" / "JPEGImages").iterdir())[0]
+    out = tmp_path / "pred"
+    predicted = _run([sys.executable, "scripts/predict.py", f"video={frames}", "text=the red ball moving left",
+                      f"out={out}"], env=env)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert len(list(Path(f"{out}_masks").glob("*.png"))) == len(list(frames.glob("*.jpg")))
+    assert Path(f"{out}_overlay.gif").stat().st_size > 0

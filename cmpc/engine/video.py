@@ -49,35 +49,35 @@ def _frames_of(expression: VideoExpression, letterbox):
 
 
 @torch.no_grad()
-def segment_video(
-    model,
-    expression: VideoExpression,
-    letterbox,
-    device,
-    *,
-    words: torch.Tensor | None = None,
-    batch_size: int = 8,
-    amp: str = "off",
-) -> list[np.ndarray]:
-    """Bool masks at original size, one per frame of ``expression.frames``, each predicted from the clip
-    centred on that frame. ``words [T]`` defaults to the sentence encoded with the dataset's vocabulary."""
-    ds = expression.dataset
-    if words is None:
-        words = ds.vocab.encode(expression.sentence, ds.max_words, sample_id=f"{expression.video_id}/{expression.exp_id}")
+def segment_frames(model, frame, n: int, offsets, words: torch.Tensor, letterbox, device, *,
+                   batch_size: int = 8, amp: str = "off") -> list[np.ndarray]:
+    """Bool masks at original size for frames ``0..n-1``: frame ``i`` is the centre of the clip
+    ``clip_indices(i, n, offsets)``; ``frame(j) -> (letterboxed [3, S, S], (h, w))``; ``words [T]``."""
     device = torch.device(device)
-    n, offsets = len(expression.frames), ds.offsets
-    frame = _frames_of(expression, letterbox)
     size = (letterbox.size, letterbox.size)
     masks: list[np.ndarray] = []
     for start in range(0, n, batch_size):
         centres = range(start, min(start + batch_size, n))
         clips = torch.stack([torch.stack([frame(j)[0] for j in clip_indices(i, n, offsets)]) for i in centres])
+        if clips.shape[1] == 1:  # single frames: [B, 3, S, S] suits image and video models alike
+            clips = clips[:, 0]
         tokens = words.to(device)[None].expand(len(centres), -1)
         with autocast(device, amp):
             logits = model(clips.to(device), tokens)["logits"]
         scores = upsample_logits(logits.float(), size)[:, 0].cpu()
         masks += [(letterbox.invert(s, frame(i)[1]) >= 0).numpy() for s, i in zip(scores, centres)]
     return masks
+
+
+def segment_video(model, expression: VideoExpression, letterbox, device, *, words: torch.Tensor | None = None,
+                  batch_size: int = 8, amp: str = "off") -> list[np.ndarray]:
+    """Bool masks at original size, one per frame of ``expression.frames``, each predicted from the clip
+    centred on that frame. ``words [T]`` defaults to the sentence encoded with the dataset's vocabulary."""
+    ds = expression.dataset
+    if words is None:
+        words = ds.vocab.encode(expression.sentence, ds.max_words, sample_id=f"{expression.video_id}/{expression.exp_id}")
+    return segment_frames(model, _frames_of(expression, letterbox), len(expression.frames), ds.offsets, words,
+                          letterbox, device, batch_size=batch_size, amp=amp)
 
 
 def _expressions(dataset, split, limit) -> Iterator[VideoExpression]:

@@ -7,8 +7,9 @@ from torch import nn
 from ..errors import ConfigError
 from .backbone import build_backbone
 from .cmpc import CMPCImage
+from .video import CMPCVideo
 
-MODELS = {"cmpc_i": CMPCImage, "baseline": CMPCImage}
+MODELS = {"cmpc_i": CMPCImage, "baseline": CMPCImage, "cmpc_v": CMPCVideo}
 
 
 def build_model(model_cfg, backbone_cfg, vocab_size: int, embeddings=None) -> nn.Module:
