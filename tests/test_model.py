@@ -182,10 +182,17 @@ def test_switching_stages_off_removes_exactly_their_modules():
 def test_tgfe_rounds_and_convlstm_shapes():
     torch.manual_seed(0)
     tgfe = TextGuidedFeatureExchange(dim=8, word_dim=6, levels=3, rounds=2)
-    feats = [torch.randn(2, 8, 4, 4) for _ in range(3)]
-    out = tgfe(feats, torch.randn(2, 6))
+    feats, sentence = [torch.randn(2, 8, 4, 4) for _ in range(3)], torch.randn(2, 6)
+    out = tgfe(feats, sentence)
     assert len(tgfe.rounds) == 2 and [o.shape for o in out] == [f.shape for f in feats]
-    assert torch.allclose(out[0].norm(dim=1), torch.ones(2, 4, 4), atol=1e-5)
+    # eq. 24 by hand for level 0 of round 1: own + sigmoid(c) * (other levels), c from [s; attention-pooled own]
+    ex = tgfe.rounds[0][0]
+    att = torch.softmax(torch.einsum("bc,bcn->bn", ex.query(sentence), ex.key(feats[0]).flatten(2)) / 8 ** 0.5, 1)
+    g = torch.einsum("bn,bcn->bc", att, feats[0].flatten(2))
+    gate = torch.sigmoid(ex.context(torch.cat([sentence, g], 1)))[:, :, None, None]
+    assert torch.allclose(ex(feats[0], feats[1:], sentence), feats[0] + gate * (feats[1] + feats[2]), atol=1e-6)
+    normalized = TextGuidedFeatureExchange(dim=8, word_dim=6, levels=3, rounds=2, normalize=True)
+    assert torch.allclose(normalized(feats, sentence)[0].norm(dim=1), torch.ones(2, 4, 4), atol=1e-5)
     assert ConvLSTM(8, 5)(out).shape == (2, 5, 4, 4)
 
 

@@ -106,7 +106,7 @@ class CMPCImage(nn.Module):
         self.levels = nn.ModuleList(self.level_class(cfg, backbone.out_channels[i]) for i in self.level_index)
         multi = len(self.levels) > 1
         self.exchange = (
-            TextGuidedFeatureExchange(cfg.out_dim, cfg.word_dim, len(self.levels), cfg.tgfe_rounds)
+            TextGuidedFeatureExchange(cfg.out_dim, cfg.word_dim, len(self.levels), cfg.tgfe_rounds, cfg.tgfe_normalize)
             if cfg.tgfe and multi and cfg.tgfe_rounds > 0
             else None
         )
