@@ -11,7 +11,6 @@ from pathlib import Path
 
 import cv2
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 
 from cmpc.cli import friendly_errors, quiet_third_party_logs
