@@ -13,6 +13,7 @@ warning per reason; missing or unreadable files raise :class:`cmpc.errors.Datase
 
 from __future__ import annotations
 
+import abc
 import collections
 import hashlib
 import json
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+import scipy.io
 import torch
 from PIL import Image
 
@@ -59,6 +61,17 @@ def require_file(path: str | os.PathLike, what: str, anchor: str) -> Path:
         raise DatasetError(f"missing {what}: {p}; download it and lay it out as described in "
                            f"{README}#{anchor}")
     return p
+
+
+def read_mat_array(path: str | os.PathLike, key: str, what: str, fix: str) -> np.ndarray:
+    """Array ``key`` of a MATLAB file; a one-line DatasetError (saying ``fix``) if unreadable or missing."""
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except Exception as e:
+        raise DatasetError(f"cannot read {what} {path} ({type(e).__name__}: {e}); {fix}") from e
+    if key not in mat:
+        raise DatasetError(f"{what} {path} has no '{key}' array; {fix}")
+    return np.asarray(mat[key])
 
 
 def require_dir(path: str | os.PathLike, what: str, anchor: str) -> Path:
@@ -118,7 +131,7 @@ def _fingerprint(sources: Iterable[str | os.PathLike]) -> list:
 # -------------------------------------------------------------------------------------------------
 # dataset base
 # -------------------------------------------------------------------------------------------------
-class ReferringDataset(torch.utils.data.Dataset):
+class ReferringDataset(torch.utils.data.Dataset, abc.ABC):
     """Abstract base: subclasses fill ``self.items`` and implement :meth:`load` and :meth:`sentences`.
 
     Common keyword arguments (the ``dataset`` config keys shared by all families): ``root``, ``split``,
@@ -151,12 +164,13 @@ class ReferringDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def load(self, index: int) -> RawSample:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def load(self, index: int) -> RawSample:
+        """The raw sample ``index`` (frames, centre, mask, sentence, meta)."""
 
-    def sentences(self) -> list[str]:  # pragma: no cover - abstract
+    @abc.abstractmethod
+    def sentences(self) -> list[str]:
         """Every sentence of this split once (not once per frame sample): the vocabulary source."""
-        raise NotImplementedError
 
     def group_key(self, index: int) -> str:
         """Key shared by the samples of the same image/clip, without loading it (used to run the backbone once

@@ -25,11 +25,10 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from cmpc.data.a2d import OFFICIAL_OFFSETS
-from cmpc.data.base import (RawSample, ReferringDataset, clip_indices, read_image, require_dir, require_file,
-                            resolve_offsets)
+from cmpc.data.base import (RawSample, ReferringDataset, clip_indices, read_image, read_mat_array, require_dir,
+                            require_file, resolve_offsets)
 from cmpc.data.text import has_words
 from cmpc.errors import ConfigError, DatasetError
 
@@ -38,15 +37,7 @@ log = logging.getLogger(__name__)
 
 def load_part_mask(path) -> np.ndarray:
     """``part_mask`` as ``H x W x T`` array."""
-    try:
-        mat = scipy.io.loadmat(str(path))
-    except Exception as e:
-        raise DatasetError(f"cannot read J-HMDB mask {path} ({type(e).__name__}: {e}); re-extract "
-                           f"puppet_mask (data/README.md#jhmdb)") from e
-    if "part_mask" not in mat:
-        raise DatasetError(f"J-HMDB mask {path} has no 'part_mask' array; re-extract puppet_mask "
-                           f"(data/README.md#jhmdb)")
-    m = np.asarray(mat["part_mask"])
+    m = read_mat_array(path, "part_mask", "J-HMDB mask", "re-extract puppet_mask (data/README.md#jhmdb)")
     if m.ndim == 2:
         m = m[..., None]
     return m

@@ -17,9 +17,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import scipy.io
 
-from cmpc.data.base import RawSample, ReferringDataset, read_image, require_dir, require_file
+from cmpc.data.base import RawSample, ReferringDataset, read_image, read_mat_array, require_dir, require_file
 from cmpc.data.refer import load_json
 from cmpc.data.text import has_words
 from cmpc.errors import DatasetError
@@ -27,15 +26,7 @@ from cmpc.errors import DatasetError
 
 def load_referit_mask(path) -> np.ndarray:
     """bool mask of a text_objseg ``.mat`` file (``segimg_t == 0``)."""
-    try:
-        mat = scipy.io.loadmat(str(path))
-    except Exception as e:
-        raise DatasetError(f"cannot read ReferIt mask {path} ({type(e).__name__}: {e}); re-extract "
-                           f"referitdata.tar.gz (data/README.md#referit)") from e
-    if "segimg_t" not in mat:
-        raise DatasetError(f"ReferIt mask {path} has no 'segimg_t' array; re-extract referitdata.tar.gz "
-                           f"(data/README.md#referit)")
-    return np.asarray(mat["segimg_t"]) == 0
+    return read_mat_array(path, "segimg_t", "ReferIt mask", "re-extract referitdata.tar.gz (data/README.md#referit)") == 0
 
 
 class ReferItDataset(ReferringDataset):

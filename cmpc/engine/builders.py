@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 from torch import nn
 
-from ..data import build_dataset, build_glove, build_vocab
+from ..data import Vocabulary, build_dataset, build_glove, build_vocab
 from ..errors import ConfigError
 from ..models import build_model
+from .checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +58,6 @@ def build_model_for(cfg, vocab, embeddings=None) -> nn.Module:
 
 def newest_checkpoint(runs_dir, name: str = "best.pt"):
     """The most recently written ``name`` under ``runs_dir`` (searched recursively)."""
-    from pathlib import Path
-
     found = sorted(Path(runs_dir).glob(f"**/{name}"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise ConfigError(f"no {name} under {runs_dir}; train first (python scripts/train.py) or pass checkpoint=PATH")
@@ -65,11 +66,6 @@ def newest_checkpoint(runs_dir, name: str = "best.pt"):
 
 def load_trained(path, device="cpu"):
     """``(model, config, vocab)`` of a checkpoint written by train.py, model in eval mode on ``device``."""
-    from omegaconf import OmegaConf
-
-    from ..data import Vocabulary
-    from .checkpoint import load_checkpoint
-
     state = load_checkpoint(path)
     if "config" not in state or "vocab" not in state:
         raise ConfigError(f"{path} is not a cmpc training checkpoint (no config/vocab inside)")

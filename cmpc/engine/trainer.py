@@ -35,15 +35,13 @@ log = logging.getLogger(__name__)
 
 
 def log_predictions(writer: SummaryWriter, model, dataset, device, step: int, count: int = 4) -> None:
-    """A few validation predictions (mask over the image, sentence as title) as TensorBoard images."""
-    samples = [dataset[i] for i in range(min(count, len(dataset)))]
-    if not samples:
+    """A few validation predictions (mask over the image, sentence as title) as TensorBoard images.
+    Call with the model in eval mode."""
+    raws = [dataset.load(i) for i in range(min(count, len(dataset)))]
+    if not raws:
         return
-    batch = collate(samples)
-    logits = predict_logits(model, batch, device)
-    model.train()
-    for i, (score, sample) in enumerate(zip(logits, samples)):
-        raw = dataset.load(i)
+    logits = predict_logits(model, collate([dataset.to_model_sample(raw) for raw in raws]), device)
+    for i, (score, raw) in enumerate(zip(logits, raws)):
         mask = (dataset.letterbox.invert(score, raw.mask.shape) >= 0).numpy()
         picture = overlay(raw.frames[raw.center], mask, title=raw.sentence)
         writer.add_image(f"val/prediction_{i}", picture, step, dataformats="HWC")
@@ -132,17 +130,17 @@ def train(cfg, run_dir: str | Path) -> dict:
         nonlocal best
         result = evaluate(model, data.eval, device=device, info=info, batch_size=t.eval_batch_size,
                           num_workers=t.num_workers, amp=t.amp, video=data.video, desc=f"val@{step}")
-        model.train()
         score = result["metrics"]["oIoU"]
         if writer is not None:
             for key, value in result["metrics"].items():
                 writer.add_scalar(f"val/{key}", value, step)
-            log_predictions(writer, model, data.eval, device, step)
+            log_predictions(writer, model, data.eval, device, step)  # still in eval mode after evaluate()
             tqdm.write(f"val@{step}: oIoU {score:.4f}  mIoU {result['metrics']['mIoU']:.4f}  "
                        f"prec@0.5 {result['metrics']['prec@0.5']:.4f}")
         if score > best:
             best = score
             save("best.pt")
+        model.train()
         return result
 
     stop = t.steps if t.stop_at_step is None else min(t.steps, t.stop_at_step)
