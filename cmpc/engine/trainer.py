@@ -72,6 +72,24 @@ def _resume_path(resume, run_dir: Path) -> Path | None:
     return path
 
 
+def train_step(net, batch: dict, optimizer, scaler, t, device: torch.device) -> tuple[float, dict]:
+    """One optimisation step on a collated batch: forward (under ``t.amp``), loss, backward, update.
+    Returns the loss and its parts (also used by ``benchmarks/run.py``)."""
+    images, words, index = model_inputs(batch, device, t.channels_last)
+    target = batch["target"].to(device, non_blocking=True)
+    with autocast(device, t.amp):
+        outputs = net(images, words, index)
+    loss, parts = referring_loss(outputs, target, t.loss.final_weight, t.loss.aux_weight, t.loss.reduction)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if t.grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach()), parts
+
+
 def train(cfg, run_dir: str | Path) -> dict:
     """Train, evaluate and return ``{"val": ..., "test": ..., "history": [...]}``."""
     run_dir = Path(run_dir)
@@ -152,21 +170,10 @@ def train(cfg, run_dir: str | Path) -> dict:
             break
         lr = learning_rate(step, t)
         set_learning_rate(optimizer, lr)
-        images, words, index = model_inputs(batch, device, t.channels_last)
-        target = batch["target"].to(device, non_blocking=True)
-        with autocast(device, t.amp):
-            outputs = net(images, words, index)
-        loss, parts = referring_loss(outputs, target, t.loss.final_weight, t.loss.aux_weight, t.loss.reduction)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if t.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        loss, parts = train_step(net, batch, optimizer, scaler, t, device)
         step += 1
-        seen += len(words) * info.world_size
-        history.append(float(loss.detach()))
+        seen += len(batch["words"]) * info.world_size
+        history.append(loss)
         if info.is_main:
             rate = seen / max(time.perf_counter() - tick, 1e-9)
             bar.set_postfix(loss=f"{history[-1]:.4f}", sent_per_s=f"{rate:.1f}")

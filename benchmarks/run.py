@@ -1,0 +1,304 @@
+"""The cmpc benchmark suite: one run, one markdown table (docs/performance.md explains the rows).
+
+    python benchmarks/run.py [--device auto|cpu|cuda] [--amp bf16|fp16] [--size 320] [--batch 8]
+                             [--per-image 4] [--frames 5] [--repeats 3] [--sections train infer rar data video]
+                             [--compile] [--out benchmarks/results/cpu.md] [--tiny]
+
+Sections (paper-size models: DeepLab-ResNet101, widths of paper 4.1.3, random weights):
+- train: CMPC-I training steps (forward, loss, backward, Adam) in sentences/s and peak memory for the
+  official style (batch 1, one backbone pass per sentence) and each speed-up added in turn: batching,
+  the grouped backbone (``--per-image`` sentences share one image, as ``trainer.group_by_image``), AMP,
+  channels-last, ``torch.compile`` (``--compile``);
+- infer: evaluation latency (batch 1) and throughput (grouped batches), with DenseCRF serial and pooled;
+- rar: benchmarks/rar.py (RAR block and graph propagation, fast vs explicit, at 320/480/640);
+- data: the training data loader (synthetic benchmark in the refer layout, letterboxed to ``--size``)
+  against the model's consumption rate;
+- video: CMPC-V with K = ``--frames``: training steps official-style vs batched vs AMP, inference latency.
+
+Every row runs in its own process (peak memory is its own: CUDA allocator peak, or the CPU process's peak
+resident set), takes one warm-up step, then reports the median of ``--repeats`` timed steps, so that the
+ratios between rows of one run hold on a noisy machine. ``--tiny`` uses tiny widths (a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+VOCAB = 10000
+TINY = ["backbone=small", "model.visual_dim=32", "model.word_dim=32", "model.embed_dim=16", "model.dim=32",
+        "model.out_dim=16", "model.word_classifier_dim=16", "model.convlstm_hidden=16"]
+
+
+def compose(video: bool, args) -> "DictConfig":  # noqa: F821
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    overrides = [f"dataset={'a2d' if video else 'unc'}", f"dataset.input_size={args.size}"]
+    overrides += [f"dataset.num_frames={args.frames}"] if video else []
+    overrides += TINY if args.tiny else []
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return hydra_compose("train", overrides=overrides)
+
+
+def fake_batch(sentences: int, per_image: int, size: int, frames: int, max_words: int) -> dict:
+    """Random images (or clips), left-padded sentences of 5-15 words and box targets, in the collated layout;
+    ``per_image > 1`` shares each image among that many sentences (``image_index``, as collate_grouped)."""
+    g = torch.Generator().manual_seed(0)
+    images = sentences // per_image
+    shape = (images, frames, 3, size, size) if frames > 1 else (images, 3, size, size)
+    words = torch.zeros(sentences, max_words, dtype=torch.long)
+    target = torch.zeros(sentences, size, size)
+    for i in range(sentences):
+        n = int(torch.randint(5, 16, (1,), generator=g))
+        words[i, max_words - n:] = torch.randint(2, VOCAB, (n,), generator=g)
+        y, x = torch.randint(0, size // 2, (2,), generator=g).tolist()
+        target[i, y:y + size // 3, x:x + size // 3] = 1
+    batch = {"clip" if frames > 1 else "image": torch.randn(shape, generator=g), "words": words, "target": target}
+    if per_image > 1:
+        batch["image_index"] = torch.arange(images).repeat_interleave(per_image)
+    return batch
+
+
+def peak_memory(device: torch.device) -> float:
+    """MiB: the CUDA allocator's peak, or the process's peak resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(step, device: torch.device, repeats: int) -> dict:
+    """One warm-up call, then the median of ``repeats`` timed calls (seconds) and the peak memory."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    step()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return {"s": statistics.median(times), "peak_mb": peak_memory(device)}
+
+
+def measure_row(row: dict, args) -> dict:
+    """Build the model of ``row`` and time its train step or inference (runs in a child process)."""
+    from cmpc.engine.distributed import resolve_device
+    from cmpc.engine.evaluate import predict_logits
+    from cmpc.engine.optim import build_optimizer
+    from cmpc.engine.trainer import train_step
+    from cmpc.models import build_model
+
+    torch.manual_seed(0)
+    device = resolve_device(args.device)
+    video = row["section"] == "video"
+    cfg = compose(video, args)
+    frames = args.frames if video else 1
+    model = build_model(cfg.model, cfg.backbone, VOCAB).to(device)
+    t = cfg.trainer
+    t.amp, t.channels_last = row.get("amp", "off"), row.get("channels_last", False)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if row.get("compile") else model
+    batch = fake_batch(row["batch"], row.get("per_image", 1), args.size, frames, cfg.dataset.max_words)
+    if row["mode"] == "train":
+        model.train()
+        optimizer = build_optimizer(model, t)
+        scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
+        result = timed(lambda: train_step(net, batch, optimizer, scaler, t, device), device, args.repeats)
+    else:
+        model.eval()
+        crf = row.get("crf")
+        pool = None
+        if crf:
+            from crf_pool import synthetic
+
+            from cmpc.crf import CRFPool
+
+            pool = CRFPool(0 if crf == "serial" else None)
+            images = synthetic(row["batch"], args.size)[0]
+
+        def infer():
+            logits = predict_logits(net, batch, device, t.amp, t.channels_last)
+            if pool is not None:
+                pool.map(images, [torch.sigmoid(s).numpy() for s in logits])
+
+        if pool is not None:
+            pool.warmup()
+        result = timed(infer, device, args.repeats)
+        if pool is not None:
+            pool.close()
+    return {**row, **result, "sentences_per_s": row["batch"] / result["s"]}
+
+
+def data_row(args) -> dict:
+    """Sentences/s of the training data loader (trainer defaults: grouped sampler, workers) on the synthetic
+    benchmark letterboxed to ``--size``; the first batch (worker start-up) is not timed."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from torch.utils.data import DataLoader
+
+    from cmpc.data import collate_grouped
+    from cmpc.engine.builders import build_datasets
+    from cmpc.engine.sampler import StepBatchSampler
+    from cmpc.engine.trainer import group_indices
+
+    overrides = ["dataset=synthetic", f"dataset.input_size={args.size}", "trainer=paper_image"]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=overrides)
+    data = build_datasets(cfg, splits=("train",))
+    batches = 4 if args.tiny else 40
+    sampler = StepBatchSampler(group_indices(data.train), args.batch, steps=batches + 1)
+    loader = DataLoader(data.train, batch_sampler=sampler, num_workers=cfg.trainer.num_workers,
+                        collate_fn=collate_grouped)
+    it = iter(loader)
+    next(it)
+    start, sentences = time.perf_counter(), 0
+    for batch in it:
+        sentences += len(batch["words"])
+    seconds = time.perf_counter() - start
+    return {"section": "data", "sentences_per_s": sentences / seconds,
+            "name": f"training data loader ({cfg.trainer.num_workers} workers, batch {args.batch}, grouped)"}
+
+
+def rows_to_run(args) -> list[dict]:
+    b, p, amp = args.batch, args.per_image, args.amp
+    rows = []
+    if "train" in args.sections:
+        rows += [
+            {"name": "official style: batch 1, backbone per sentence", "batch": 1},
+            {"name": f"batched ({b} sentences, {b} images)", "batch": b},
+            {"name": f"+ grouped backbone ({b} sentences, {b // p} images)", "batch": b, "per_image": p},
+            {"name": f"+ AMP {amp}", "batch": b, "per_image": p, "amp": amp},
+            {"name": "+ channels-last", "batch": b, "per_image": p, "amp": amp, "channels_last": True},
+        ]
+        if args.compile:
+            rows.append({"name": "+ torch.compile", "batch": b, "per_image": p, "amp": amp, "channels_last": True,
+                         "compile": True})
+        rows = [{"section": "train", "mode": "train", **r} for r in rows]
+    if "infer" in args.sections:
+        rows += [{"section": "infer", "mode": "infer", **r} for r in (
+            {"name": "batch 1 (latency)", "batch": 1},
+            {"name": f"grouped batch ({b} sentences, {b // p} images)", "batch": b, "per_image": p},
+            {"name": f"+ AMP {amp}", "batch": b, "per_image": p, "amp": amp},
+            {"name": "+ DenseCRF, serial", "batch": b, "per_image": p, "amp": amp, "crf": "serial"},
+            {"name": "+ DenseCRF, process pool", "batch": b, "per_image": p, "amp": amp, "crf": "pool"},
+        )]
+    if "video" in args.sections:
+        vb = max(b // 2, 1)
+        rows += [{"section": "video", **r} for r in (
+            {"name": f"train, official style: batch 1, K={args.frames}", "mode": "train", "batch": 1},
+            {"name": f"train, batched ({vb} clips)", "mode": "train", "batch": vb},
+            {"name": f"train, + AMP {amp}", "mode": "train", "batch": vb, "amp": amp},
+            {"name": "inference, batch 1 (latency)", "mode": "infer", "batch": 1},
+            {"name": f"inference, batched ({vb} clips) + AMP {amp}", "mode": "infer", "batch": vb, "amp": amp},
+        )]
+    return rows
+
+
+def child(payload: dict, args) -> dict:
+    """Run one measurement in a fresh process (its own peak memory)."""
+    command = [sys.executable, __file__, "--child", json.dumps(payload), *args.argv]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"benchmark row {payload.get('name', payload)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report(rows: list[dict], rar_rows: list[dict], args, device: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    if device.startswith("cuda"):
+        cpu = torch.cuda.get_device_name(0)
+    lines = [f"# cmpc benchmarks ({datetime.date.today()})", "",
+             f"`python benchmarks/run.py {' '.join(args.argv)}`", "",
+             f"device {device} ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+             f"input {args.size}x{args.size}, median of {args.repeats} steps after one warm-up step"
+             + (" (TINY widths: smoke test, not the paper model)" if args.tiny else ""), ""]
+    titles = {("train", "train"): "CMPC-I training", ("infer", "infer"): "CMPC-I inference",
+              ("video", "train"): f"CMPC-V training, K={args.frames}", ("video", "infer"): f"CMPC-V inference, K={args.frames}"}
+    for (section, mode), title in titles.items():
+        part = [r for r in rows if (r["section"], r.get("mode")) == (section, mode)]
+        if not part:
+            continue
+        first = part[0]["sentences_per_s"]
+        lines += [f"## {title}", "", "| configuration | batch | ms / step | sentences/s | vs first row | peak memory (MiB) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in part:
+            lines.append(f"| {r['name']} | {r['batch']} | {1000 * r['s']:.0f} | {r['sentences_per_s']:.2f} | "
+                         f"{r['sentences_per_s'] / first:.2f}x | {r['peak_mb']:.0f} |")
+        lines.append("")
+    data = next((r for r in rows if r["section"] == "data"), None)
+    train = [r for r in rows if r["section"] == "train"]
+    if data:
+        lines += ["## Data loading", "", f"{data['name']}: {data['sentences_per_s']:.1f} sentences/s"
+                  + (f", {data['sentences_per_s'] / max(r['sentences_per_s'] for r in train):.1f}x what the fastest "
+                     "CMPC-I training row consumes." if train else "."), ""]
+    if rar_rows:
+        from rar import table
+
+        lines += ["## RAR block and graph propagation (benchmarks/rar.py)", "", table(rar_rows, device, args.repeats), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--amp", default="bf16", choices=["bf16", "fp16"], help="mixed precision of the AMP rows")
+    parser.add_argument("--size", type=int, default=320, help="input size (paper: 320)")
+    parser.add_argument("--batch", type=int, default=8, help="sentences per batched step")
+    parser.add_argument("--per-image", type=int, default=4, help="sentences per image in grouped rows (UNC: ~7)")
+    parser.add_argument("--frames", type=int, default=5, help="K for CMPC-V")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sections", nargs="+", default=["train", "infer", "rar", "data", "video"],
+                        choices=["train", "infer", "rar", "data", "video"])
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile training row")
+    parser.add_argument("--tiny", action="store_true", help="tiny widths and sizes: check that the suite runs")
+    parser.add_argument("--out", default=None, help="also write the markdown report here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.argv = [a for a in sys.argv[1:] if not a.startswith("--child")]
+    if args.child:
+        args.argv = []
+        payload = json.loads(args.child)
+        print(json.dumps(data_row(args) if payload.get("section") == "data" else measure_row(payload, args)))
+        return
+    if args.batch % args.per_image:
+        parser.error(f"--batch {args.batch} must be a multiple of --per-image {args.per_image}")
+    from cmpc.engine.distributed import resolve_device
+
+    device = str(resolve_device(args.device))
+    rows = []
+    for row in rows_to_run(args):
+        rows.append(child(row, args))
+        print(f"{row['section']:6s} {row['name']}: {rows[-1]['sentences_per_s']:.2f} sentences/s", flush=True)
+    if "data" in args.sections:
+        rows.append(child({"section": "data"}, args))
+    rar_rows = []
+    if "rar" in args.sections:
+        from rar import run_rows
+
+        rar_rows = run_rows([64, 96] if args.tiny else [320, 480, 640], device.split(":")[0], args.repeats)
+    text = report(rows, rar_rows, args, device)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
