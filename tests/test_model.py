@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from cmpc.models import build_model
 from cmpc.models.coords import spatial_coords
-from cmpc.models.language import WordClassifier, WordEncoder
+from cmpc.models.language import WordClassifier, WordEncoder, Words, routing_words
 from cmpc.models.relation import RelationAwareReasoning
 from cmpc.models.tgfe import TextGuidedFeatureExchange
 from cmpc.models.convlstm import ConvLSTM
@@ -160,6 +160,30 @@ def test_gradients_reach_the_word_classifier_and_embeddings():
     used = WORDS[WORDS != 0].unique()
     assert emb[used].abs().sum(-1).gt(0).all()
     assert emb[0].abs().sum() == 0  # the padding row never learns
+
+
+def test_routing_words_eq5_and_peak_scaling():
+    features = torch.randn(2, 4, 3)
+    words = Words(features=features, mask=torch.ones(2, 4, dtype=torch.bool), sentence=features[:, -1])
+    p = torch.tensor([[0.1, 0.4, 0.2, 0.0], [0.01, 0.02, 0.005, 0.01]])
+    torch.testing.assert_close(routing_words(words, p, "probability"), features * p[..., None])  # eq. 5
+    peak = routing_words(words, p, "peak")
+    torch.testing.assert_close(peak[:, 1], features[:, 1])  # the most relational word keeps its full feature
+    torch.testing.assert_close(peak[0, 2], features[0, 2] * 0.5)
+    torch.testing.assert_close(routing_words(words, 0.01 * p, "peak"), peak)  # blind to the classifier's overall scale
+    with pytest.raises(ValueError, match="routing_scale"):
+        routing_words(words, p, "share")
+
+
+@pytest.mark.parametrize("scale", ["probability", "peak"])
+def test_rar_output_depends_on_the_relation_probabilities_under_both_routing_scales(scale):
+    model = tiny_model(routing_scale=scale).train()
+    lang = model.encode_language(WORDS)
+    reasoned = model.levels[0].reasoning(torch.randn(2, TINY["dim"], 4, 4), lang.relation, lang.words.mask)
+    reasoned.square().mul(torch.randn_like(reasoned)).sum().backward()
+    grads = model.classifier.fc2.weight.grad
+    assert grads[model.word_types.index("relation")].abs().sum() > 0
+    assert grads[model.word_types.index("entity")].abs().sum() > 0  # through the softmax of eq. 1
 
 
 def test_switching_stages_off_removes_exactly_their_modules():

@@ -22,7 +22,7 @@ from torch import nn
 
 from .coords import CoordinateFusion
 from .functional import l2_normalize
-from .language import IMAGE_WORD_TYPES, WordClassifier, WordEncoder, Words, weighted_words
+from .language import IMAGE_WORD_TYPES, WordClassifier, WordEncoder, Words, routing_words, weighted_words
 from .perception import EntityPerception
 from .relation import RelationAwareReasoning
 from .tgfe import TextGuidedFeatureExchange
@@ -145,7 +145,7 @@ class CMPCImage(nn.Module):
             words=words,
             probs=probs,
             entity=l2_normalize(weighted_words(words, weight(probs, "entity", "attribute")), dim=-1),  # eq. 2
-            relation=words.features * weight(probs, "relation")[..., None],  # eq. 5
+            relation=routing_words(words, weight(probs, "relation"), self.cfg.routing_scale),  # eq. 5
             sentence=necessary if reasons else words.sentence,
             exchange=necessary if self.cfg.necessary_words else words.sentence,
         )

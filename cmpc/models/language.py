@@ -107,3 +107,16 @@ class WordClassifier(nn.Module):
 def weighted_words(words: Words, weights: torch.Tensor) -> torch.Tensor:
     """``sum_t w_t l_t``: a sentence vector from per-word weights ``[B, T]`` (eqs. 2, 11, 12)."""
     return torch.einsum("bt,btc->bc", weights.to(words.features.dtype), words.features)
+
+
+def routing_words(words: Words, weights: torch.Tensor, scale: str) -> torch.Tensor:
+    """Words weighted for routing graph edges, ``[B, T, C]`` (eq. 5 ``r_t = p_t l_t``; AR of table 7).
+
+    ``scale="probability"`` is eq. 5 as written; ``"peak"`` divides the weights by the sentence's largest, so that
+    only the words' relative weights matter and the classifier cannot fade the graph out (docs/model.md).
+    """
+    if scale == "peak":
+        weights = weights / weights.amax(dim=1, keepdim=True).clamp_min(1e-6)
+    elif scale != "probability":
+        raise ValueError(f"model.routing_scale must be probability or peak, got {scale!r}")
+    return words.features * weights[..., None].to(words.features.dtype)

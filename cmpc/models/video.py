@@ -35,7 +35,7 @@ from torch import nn
 from .action import ActionAwareReasoning
 from .cmpc import CMPCImage, CMPCLevel, Language
 from .functional import l2_normalize
-from .language import VIDEO_WORD_TYPES, weighted_words
+from .language import VIDEO_WORD_TYPES, routing_words, weighted_words
 
 
 @dataclass
@@ -99,7 +99,7 @@ class CMPCVideo(CMPCImage):
         return VideoLanguage(
             **base,
             action=l2_normalize(weighted_words(lang.words, p_act), dim=-1),  # eq. 12, L2-normalised like q_e and s
-            action_words=lang.words.features * p_act[..., None],
+            action_words=routing_words(lang.words, p_act, self.cfg.routing_scale),
         )
 
     def clip_features(self, clips: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
