@@ -88,3 +88,16 @@ def test_sampler_order_is_a_function_of_seed_and_step_only():
     torch.manual_seed(123)  # global RNG state must not matter
     b = list(StepBatchSampler(7, 3, seed=0, steps=6))
     assert a == b and a != list(StepBatchSampler(7, 3, seed=1, steps=6))
+
+
+def test_fast_image_recipe_is_the_official_one_batched_grouped_and_bf16_over_as_many_sentences():
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        official = compose("train", overrides=["dataset=unc"]).trainer
+        fast = compose("train", overrides=["dataset=unc", "trainer=fast_image"]).trainer
+    assert (fast.batch_size, fast.group_by_image, fast.amp) == (8, True, "bf16")
+    assert fast.steps * fast.batch_size == official.steps * official.batch_size
+    assert (fast.lr, fast.weight_decay, fast.loss) == (official.lr, official.weight_decay, official.loss)
