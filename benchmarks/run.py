@@ -9,7 +9,8 @@ Sections (paper-size models: DeepLab-ResNet101, widths of paper 4.1.3, random we
   official style (batch 1, one backbone pass per sentence) and each speed-up added in turn: batching,
   the grouped backbone (``--per-image`` sentences share one image, as ``trainer.group_by_image``), AMP,
   channels-last, ``torch.compile`` (``--compile``);
-- infer: evaluation latency (batch 1) and throughput (grouped batches), with DenseCRF serial and pooled;
+- infer: evaluation latency (batch 1) and throughput (grouped batches, AMP); then DenseCRF alone on the
+  predicted maps, serial vs the process pool (``cmpc.crf.CRFPool``);
 - rar: benchmarks/rar.py (RAR block and graph propagation, fast vs explicit, at 320/480/640);
 - data: the training data loader (synthetic benchmark in the refer layout, letterboxed to ``--size``)
   against the model's consumption rate;
@@ -42,7 +43,8 @@ TINY = ["backbone=small", "model.visual_dim=32", "model.word_dim=32", "model.emb
         "model.out_dim=16", "model.word_classifier_dim=16", "model.convlstm_hidden=16"]
 
 
-def compose(video: bool, args) -> "DictConfig":  # noqa: F821
+def compose(video: bool, args):
+    """The paper-size configuration: UNC recipe (CMPC-I) or A2D recipe (CMPC-V, K = ``--frames``) at ``--size``."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -123,26 +125,18 @@ def measure_row(row: dict, args) -> dict:
         result = timed(lambda: train_step(net, batch, optimizer, scaler, t, device), device, args.repeats)
     else:
         model.eval()
-        crf = row.get("crf")
-        pool = None
-        if crf:
+        if row["mode"] == "infer":
+            result = timed(lambda: predict_logits(net, batch, device, t.amp, t.channels_last), device, args.repeats)
+        else:  # DenseCRF alone, on this model's probability maps
             from crf_pool import synthetic
 
             from cmpc.crf import CRFPool
 
-            pool = CRFPool(0 if crf == "serial" else None)
-            images = synthetic(row["batch"], args.size)[0]
-
-        def infer():
-            logits = predict_logits(net, batch, device, t.amp, t.channels_last)
-            if pool is not None:
-                pool.map(images, [torch.sigmoid(s).numpy() for s in logits])
-
-        if pool is not None:
-            pool.warmup()
-        result = timed(infer, device, args.repeats)
-        if pool is not None:
-            pool.close()
+            probs = [torch.sigmoid(s).numpy() for s in predict_logits(net, batch, device, t.amp, t.channels_last)]
+            images = synthetic(len(probs), args.size)[0]
+            with CRFPool(0 if row["crf"] == "serial" else None) as pool:
+                pool.warmup()
+                result = timed(lambda: pool.map(images, probs), device, args.repeats)
     return {**row, **result, "sentences_per_s": row["batch"] / result["s"]}
 
 
@@ -196,8 +190,10 @@ def rows_to_run(args) -> list[dict]:
             {"name": "batch 1 (latency)", "batch": 1},
             {"name": f"grouped batch ({b} sentences, {b // p} images)", "batch": b, "per_image": p},
             {"name": f"+ AMP {amp}", "batch": b, "per_image": p, "amp": amp},
-            {"name": "+ DenseCRF, serial", "batch": b, "per_image": p, "amp": amp, "crf": "serial"},
-            {"name": "+ DenseCRF, process pool", "batch": b, "per_image": p, "amp": amp, "crf": "pool"},
+        )]
+        rows += [{"section": "crf", "mode": "crf", "batch": b, "per_image": p, "amp": amp, **r} for r in (
+            {"name": f"DenseCRF of {b} maps, serial", "crf": "serial"},
+            {"name": f"DenseCRF of {b} maps, process pool (one worker per core)", "crf": "pool"},
         )]
     if "video" in args.sections:
         vb = max(b // 2, 1)
@@ -230,6 +226,7 @@ def report(rows: list[dict], rar_rows: list[dict], args, device: str) -> str:
              f"input {args.size}x{args.size}, median of {args.repeats} steps after one warm-up step"
              + (" (TINY widths: smoke test, not the paper model)" if args.tiny else ""), ""]
     titles = {("train", "train"): "CMPC-I training", ("infer", "infer"): "CMPC-I inference",
+              ("crf", "crf"): f"DenseCRF refinement at {args.size}x{args.size} (official parameters)",
               ("video", "train"): f"CMPC-V training, K={args.frames}", ("video", "infer"): f"CMPC-V inference, K={args.frames}"}
     for (section, mode), title in titles.items():
         part = [r for r in rows if (r["section"], r.get("mode")) == (section, mode)]
