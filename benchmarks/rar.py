@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
+
+from common import median_time, publish
 
 
 PARTS = ("block", "propagation")
@@ -52,25 +51,18 @@ def measure(size: int, path: str, device: str, repeats: int, part: str = "block"
 
     def step():
         forward().square().mean().backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    step()  # warm-up: counts for memory, not for time
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    seconds = median_time(step, repeats, torch.cuda.synchronize if device == "cuda" else lambda: None)
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"size": size, "n": n, "part": part, "path": path, "ms": 1000 * statistics.median(times),
+    return {"size": size, "n": n, "part": part, "path": path, "ms": 1000 * seconds,
             "peak_mb": peak / 2**20}
 
 
@@ -111,11 +103,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(int(args.one[0]), args.one[1], args.device, args.repeats, args.one[2])))
         return
-    text = table(run_rows(args.sizes, args.device, args.repeats), args.device, args.repeats)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    publish(table(run_rows(args.sizes, args.device, args.repeats), args.device, args.repeats), args.out)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import datetime
 import json
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median_time, publish  # noqa: E402
 VOCAB = 10000
 TINY = ["backbone=small", "model.visual_dim=32", "model.word_dim=32", "model.embed_dim=16", "model.dim=32",
         "model.out_dim=16", "model.word_classifier_dim=16", "model.convlstm_hidden=16"]
@@ -82,20 +82,9 @@ def peak_memory(device: torch.device) -> float:
 
 
 def timed(step, device: torch.device, repeats: int) -> dict:
-    """One warm-up call, then the median of ``repeats`` timed calls (seconds) and the peak memory."""
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    step()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    return {"s": statistics.median(times), "peak_mb": peak_memory(device)}
+    """Seconds per step (benchmarks/common.py protocol) and the peak memory."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    return {"s": median_time(step, repeats, sync), "peak_mb": peak_memory(device)}
 
 
 def measure_row(row: dict, args) -> dict:
@@ -268,9 +257,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the markdown report here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.argv = [a for a in sys.argv[1:] if not a.startswith("--child")]
+    args.argv = sys.argv[1:]  # forwarded to the child processes
     if args.child:
-        args.argv = []
         payload = json.loads(args.child)
         print(json.dumps(data_row(args) if payload.get("section") == "data" else measure_row(payload, args)))
         return
@@ -290,11 +278,7 @@ def main() -> None:
         from rar import run_rows
 
         rar_rows = run_rows([64, 96] if args.tiny else [320, 480, 640], device.split(":")[0], args.repeats)
-    text = report(rows, rar_rows, args, device)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    publish(report(rows, rar_rows, args, device), args.out)
 
 
 if __name__ == "__main__":
