@@ -254,6 +254,20 @@ def test_action_twins_differ_only_in_motion():
     pytest.fail("no action expression in 40 clips")
 
 
+def test_directional_relations_need_the_landmark():
+    """"The circle left of the blue square" must not be answerable as "the leftmost circle" (docs/synthetic.md)."""
+    axis = {"left": ("left",), "right": ("right",), "above": ("top",), "below": ("bottom",)}
+    solved = total = 0
+    for i in range(60):
+        s = syn.generate_image_sample(0, "train", i, kinds={"relation": 1})
+        for r in s.refs:
+            e = r.expression
+            if e.relation in axis:
+                total += 1
+                solved += syn.resolve(s.scene, syn.Expression(e.target, location=axis[e.relation])) == {r.target}
+    assert total >= 30 and solved / total < 0.45, (solved, total)
+
+
 # ------------------------------------------------------------------------------------------------ resolver
 def _obj(shape, x, y, colour="red", size="small", r=9.0, centres=None):
     return syn.SceneObject(shape, colour, size, r, centres or [(x, y)])
@@ -275,9 +289,14 @@ def test_resolver_semantics_and_ambiguity():
     diag = syn.Scene(128, [_obj("circle", 20, 20), _obj("circle", 100, 100)])
     assert syn.resolve(diag, E(P("circle"), location=("top", "left"))) == {0}
     assert syn.resolve(diag, E(P("circle"), location=("top", "right"))) is None  # no object is both
-    # a twin up-left of the landmark is neither clearly left of it nor clearly not
-    unclear = syn.Scene(128, [_obj("circle", 30, 64), _obj("circle", 55, 20), _obj("square", 64, 64)])
+    # a twin up-left of the landmark, less than 45 degrees off its axis, is neither clearly left of it nor clearly not
+    unclear = syn.Scene(128, [_obj("circle", 30, 64), _obj("circle", 34, 44), _obj("square", 64, 64)])
     assert syn.resolve(unclear, E(P("circle"), relation="left", landmarks=(P("square"),))) is None
+    # further off the axis (and clear of the landmark) it is above the square, not left of it: a decoy twin that is
+    # further left than the target, so that "the leftmost circle" is not "the circle left of the square"
+    decoy = syn.Scene(128, [_obj("circle", 40, 64), _obj("circle", 20, 15), _obj("square", 64, 64)])
+    assert syn.resolve(decoy, E(P("circle"), relation="left", landmarks=(P("square"),))) == {0}
+    assert syn.resolve(decoy, E(P("circle"), location=("left",))) == {1}
     between = syn.Scene(128, [_obj("star", 20, 64), _obj("square", 100, 64), _obj("circle", 60, 66),
                               _obj("circle", 60, 120)])
     expr = E(P("circle"), relation="between", landmarks=(P("star"), P("square")))

@@ -57,7 +57,7 @@ __all__ = [
     "scene_from_json", "load_image_scenes", "load_video_scenes", "benchmark_statistics", "format_statistics",
 ]
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 # ----------------------------------------------------------------------------------------------------------
 # Vocabulary
@@ -158,6 +158,8 @@ GAP = 0.03           # minimum gap between the bounding circles of two objects
 LOC_MARGIN = 0.05    # "leftmost" needs a lead of this much over the runner-up
 NEAR_TRUE, NEAR_FALSE = 0.10, 0.25        # edge distances for "next to" / clearly not next to
 BETWEEN_D_TRUE, BETWEEN_D_FALSE = 0.10, 0.30
+OFF_AXIS = 1.0       # "left of" is false for an object whose offset across is >= its offset along (and clears the landmark)
+DECOY_SHARE = 0.8    # share of left/right/above/below scenes whose twin lies beyond the target (see _build_relation)
 MOVE_MIN = 0.05      # net displacement for "moving left" etc.
 STILL_MAX = 0.01     # path length under which an object is "standing still"
 
@@ -266,21 +268,33 @@ def _relation_frame(a, rel, lms, k, S):
         if e >= NEAR_FALSE * S:
             return False
         return None
-    if rel == "left":
-        along, across = bx - ax, ay - by
-    elif rel == "right":
-        along, across = ax - bx, ay - by
-    elif rel == "above":
-        along, across = by - ay, ax - bx
-    elif rel == "below":
-        along, across = ay - by, ax - bx
-    else:
-        raise ValueError(f"unknown relation {rel!r}")
+    along, across = _axes(rel, ax - bx, ay - by)
     if along - rr >= 0.0 and abs(across) <= 0.5 * rr:
         return True          # fully on that side and roughly level with the landmark
     if along <= 0.0:
         return False         # centre not on that side of the landmark's centre
+    if abs(across) >= max(OFF_AXIS * along, rr + GAP * S):
+        return False         # clearly off the axis: above/below the landmark rather than left of it (etc.)
     return None
+
+
+def _axes(rel, dx, dy):
+    """(along, across) of the offset (dx, dy) from a landmark, for a directional relation."""
+    if rel == "left":
+        return -dx, dy
+    if rel == "right":
+        return dx, dy
+    if rel == "above":
+        return -dy, dx
+    if rel == "below":
+        return dy, dx
+    raise ValueError(f"unknown relation {rel!r}")
+
+
+def _from_axes(rel, along, across):
+    """Inverse of :func:`_axes`: the offset (dx, dy) with that along/across."""
+    return {"left": (-along, across), "right": (along, across),
+            "above": (across, -along), "below": (across, along)}[rel]
 
 
 def relation_status(a: SceneObject, rel: str, landmarks, S: int):
@@ -835,17 +849,37 @@ def _build_relation(ctx):
             nrm = math.hypot(vx, vy)
             return lx + f * vx - j * vy / nrm, ly + f * vy + j * vx / nrm
         along = rr + GAP * S + ctx.uniform(0, 0.15) * S
-        across = ctx.uniform(-0.3, 0.3) * rr
-        return {"left": (lx - along, ly + across), "right": (lx + along, ly + across),
-                "above": (lx + across, ly - along), "below": (lx + across, ly + along)}[rel]
+        dx, dy = _from_axes(rel, along, ctx.uniform(-0.3, 0.3) * rr)
+        return lx + dx, ly + dy
 
     if not ctx.place(t, objs, proposal=proposal, accept=lambda o: relation_status(o, rel, lms, S) is True, tries=80):
         return None
+
+    def beyond(o):
+        """``o`` lies further in the relation's direction than the target (in every frame)."""
+        return all(_axes(rel, ox - tx, oy - ty)[0] > 0 for (ox, oy), (tx, ty) in zip(o.centres, t.centres))
+
+    def decoy():
+        """Beyond the target but clearly off the landmark's axis, so "the leftmost circle" is not the answer."""
+        (lx, ly), (tx, ty) = lm.centres[0], t.centres[0]
+        along = _axes(rel, tx - lx, ty - ly)[0] + ctx.uniform(0.01, 0.10) * S
+        across = max(OFF_AXIS * along, lm.radius + t.radius + GAP * S) + ctx.uniform(0.01, 0.10) * S
+        dx, dy = _from_axes(rel, along, across if rng.random() < 0.5 else -across)
+        return lx + dx, ly + dy
+
     n_twins = 3 if ctx.max_objects >= len(objs) + 2 and rng.random() < 0.2 else 1
-    for _ in range(n_twins):  # identical twins for which the relation clearly does not hold
+    # left/right/above/below: without a decoy the target is always the extreme twin in the relation's direction,
+    # and "the leftmost circle" would answer "the circle left of the blue square" without looking at the landmark
+    decoys = 1 if rel in ("left", "right", "above", "below") and rng.random() < DECOY_SHARE else 0
+    for i in range(n_twins):  # identical twins for which the relation clearly does not hold
         d = ctx.new(shape=t.shape, colour=t.colour, size=t.size)
         d.radius, d.rgb, d.angle = t.radius, t.rgb, t.angle
-        if not ctx.place(d, objs, accept=lambda o: relation_status(o, rel, lms, S) is False, tries=100):
+        if i < decoys:
+            ok = ctx.place(d, objs, proposal=decoy, tries=100,
+                           accept=lambda o: beyond(o) and relation_status(o, rel, lms, S) is False)
+        else:
+            ok = ctx.place(d, objs, accept=lambda o: relation_status(o, rel, lms, S) is False, tries=100)
+        if not ok:
             return None
     ctx.fill(objs, min(max(ctx.count(), len(objs)), ctx.max_objects))
     lphr = [_unique_phrase(ctx, objs, x) for x in lms]
