@@ -39,6 +39,8 @@ def _parse_args(argv=None):
     ap.add_argument("--max-objects", type=int, default=None)
     ap.add_argument("--kinds", default=None, help='JSON weights, e.g. \'{"entity": 1, "relation": 2}\'')
     ap.add_argument("--negative", type=float, default=None, help="share of images/clips with a negative expression")
+    ap.add_argument("--relation-gap", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                    help="extra target-landmark distance of left/right/above/below, fractions of the side")
     ap.add_argument("--segmentation", choices=("polygon", "rle"), default=None, help="images: mask encoding")
     ap.add_argument("--force", action="store_true", help="regenerate even if an identical benchmark exists")
     ap.add_argument("--stats", action="store_true", help="print the statistics table (markdown)")
@@ -49,7 +51,7 @@ def _parse_args(argv=None):
 
 def _params(a):
     p = {"seed": a.seed, "image_size": a.image_size, "min_objects": a.min_objects, "max_objects": a.max_objects,
-         "negative": a.negative}
+         "negative": a.negative, "relation_gap": a.relation_gap}
     if a.kinds is not None:
         try:
             p["kinds"] = json.loads(a.kinds)

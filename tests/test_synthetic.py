@@ -268,6 +268,25 @@ def test_directional_relations_need_the_landmark():
     assert total >= 30 and solved / total < 0.45, (solved, total)
 
 
+def test_relation_gap_sets_the_target_landmark_distance():
+    def gaps(relation_gap):
+        out = []
+        for i in range(30):
+            s = syn.generate_image_sample(0, "train", i, kinds={"relation": 1}, relation_gap=relation_gap)
+            r = s.refs[0]  # the designed expression: its target was placed at the drawn distance
+            if r.expression.relation in ("left", "right", "above", "below"):
+                (lm,) = [o for o in s.scene.objects if syn._matches(o, r.expression.landmarks[0])]
+                t = s.scene.objects[r.target]
+                along = syn._axes(r.expression.relation, t.centres[0][0] - lm.centres[0][0],
+                                  t.centres[0][1] - lm.centres[0][1])[0]
+                out.append((along - t.radius - lm.radius) / 128 - syn.GAP)
+        return np.array(out)
+    near, far = gaps((0.0, 0.15)), gaps((0.25, 0.35))
+    assert len(near) >= 8 and len(far) >= 8
+    assert near.min() >= -1e-3 and near.max() <= 0.15 + 1e-3
+    assert far.min() >= 0.25 - 1e-3 and far.max() <= 0.35 + 1e-3
+
+
 # ------------------------------------------------------------------------------------------------ resolver
 def _obj(shape, x, y, colour="red", size="small", r=9.0, centres=None):
     return syn.SceneObject(shape, colour, size, r, centres or [(x, y)])
@@ -379,7 +398,8 @@ def test_foreign_folder_and_bad_params_raise_config_error(tmp_path):
         syn.ensure_image_benchmark(foreign, splits={"train": 1}, progress=False)
     assert (foreign / "notes.txt").exists()
     for bad in (dict(kinds={"action": 1}), dict(kinds={"negative": 1}), dict(segmentation="png"),
-                dict(max_objects=2), dict(splits={"train": -1}), dict(colour="red"), dict(negative=2.0)):
+                dict(max_objects=2), dict(splits={"train": -1}), dict(colour="red"), dict(negative=2.0),
+                dict(relation_gap=[0.3, 0.1]), dict(relation_gap=0.2)):
         with pytest.raises(ConfigError):
             syn.ensure_image_benchmark(tmp_path / "x", progress=False, **bad)
     with pytest.raises(ConfigError):

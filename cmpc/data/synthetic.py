@@ -662,8 +662,9 @@ def polygon_mask(poly: list, S: int) -> np.ndarray:
 
 
 class _Ctx:
-    def __init__(self, rng, S, K, min_objects, max_objects):
+    def __init__(self, rng, S, K, min_objects, max_objects, relation_gap=(0.0, 0.15)):
         self.rng, self.S, self.K = rng, S, K
+        self.relation_gap = relation_gap
         self.u = S / 128.0
         self.video = K > 1
         self.min_objects, self.max_objects = min_objects, max_objects
@@ -848,7 +849,7 @@ def _build_relation(ctx):
             vx, vy = mx - lx, my - ly
             nrm = math.hypot(vx, vy)
             return lx + f * vx - j * vy / nrm, ly + f * vy + j * vx / nrm
-        along = rr + GAP * S + ctx.uniform(0, 0.15) * S
+        along = rr + GAP * S + ctx.uniform(*ctx.relation_gap) * S
         dx, dy = _from_axes(rel, along, ctx.uniform(-0.3, 0.3) * rr)
         return lx + dx, ly + dy
 
@@ -1125,11 +1126,12 @@ def _sample_rng(seed, split, index, domain):
 
 
 def generate_image_sample(seed: int, split: str, index: int, *, image_size=128, kinds=None, min_objects=2,
-                          max_objects=6, expressions_per_image=(1, 3), negative=0.0) -> ImageSample:
+                          max_objects=6, expressions_per_image=(1, 3), negative=0.0,
+                          relation_gap=(0.0, 0.15)) -> ImageSample:
     """Generate image ``index`` of ``split`` in memory; depends only on (seed, split, index) and the params."""
     kinds = dict(kinds or {k: 1 for k in IMAGE_KINDS})
     rng = _sample_rng(seed, split, index, 0)
-    ctx = _Ctx(rng, int(image_size), 1, int(min_objects), int(max_objects))
+    ctx = _Ctx(rng, int(image_size), 1, int(min_objects), int(max_objects), tuple(relation_gap))
     lo, hi = expressions_per_image
     n_expr = int(rng.integers(lo, hi + 1))
     objs, refs = _build_scene(ctx, _pick_kind(kinds, seed, split, index, 0), n_expr, float(negative))
@@ -1146,11 +1148,12 @@ def generate_image_sample(seed: int, split: str, index: int, *, image_size=128, 
 
 
 def generate_video_sample(seed: int, split: str, index: int, *, image_size=128, num_frames=8, kinds=None,
-                          min_objects=2, max_objects=5, expressions_per_video=(1, 3), negative=0.0) -> VideoSample:
+                          min_objects=2, max_objects=5, expressions_per_video=(1, 3), negative=0.0,
+                          relation_gap=(0.0, 0.15)) -> VideoSample:
     """Generate clip ``index`` of ``split`` in memory; depends only on (seed, split, index) and the params."""
     kinds = dict(kinds or {k: 1 for k in KINDS[:5]})
     rng = _sample_rng(seed, split, index, 1)
-    ctx = _Ctx(rng, int(image_size), int(num_frames), int(min_objects), int(max_objects))
+    ctx = _Ctx(rng, int(image_size), int(num_frames), int(min_objects), int(max_objects), tuple(relation_gap))
     lo, hi = expressions_per_video
     n_expr = int(rng.integers(lo, hi + 1))
     objs, refs = _build_scene(ctx, _pick_kind(kinds, seed, split, index, 1), n_expr, float(negative))
@@ -1175,10 +1178,11 @@ def generate_video_sample(seed: int, split: str, index: int, *, image_size=128, 
 IMAGE_DEFAULTS = dict(seed=0, image_size=128, splits={"train": 2000, "val": 200, "test": 400},
                       kinds={"entity": 1, "attribute": 1, "relation": 1, "location": 1},
                       min_objects=2, max_objects=6, expressions_per_image=(1, 3), negative=0.0,
-                      segmentation="polygon")
+                      relation_gap=(0.0, 0.15), segmentation="polygon")
 VIDEO_DEFAULTS = dict(seed=0, image_size=128, num_frames=8, splits={"train": 600, "valid": 150},
                       kinds={"entity": 1, "attribute": 1, "relation": 1, "location": 1, "action": 1},
-                      min_objects=2, max_objects=5, expressions_per_video=(1, 3), negative=0.0)
+                      min_objects=2, max_objects=5, expressions_per_video=(1, 3), negative=0.0,
+                      relation_gap=(0.0, 0.15))
 MARKER = ".cmpc-synthetic"
 STAMP = "COMPLETE.json"
 FRAME_STEP = 5
@@ -1238,6 +1242,12 @@ def _normalise(params, defaults, video):
     if not isinstance(neg, (int, float)) or not 0.0 <= float(neg) <= 1.0:
         raise ConfigError(f"synthetic benchmark: negative={neg!r} must be a probability in [0, 1]")
     p["negative"] = float(neg)
+    g = p["relation_gap"]
+    if (not isinstance(g, (list, tuple)) or len(g) != 2 or not all(isinstance(v, (int, float)) for v in g)
+            or not 0.0 <= g[0] <= g[1] <= 0.6):
+        raise ConfigError(f"synthetic benchmark: relation_gap={g!r} must be [min, max] with 0 <= min <= max <= 0.6 "
+                          "(fractions of the image side)")
+    p["relation_gap"] = [float(g[0]), float(g[1])]
     if not video and p["segmentation"] not in ("polygon", "rle"):
         raise ConfigError(f"synthetic benchmark: segmentation={p['segmentation']!r} must be 'polygon' or 'rle'")
     p["version"] = GENERATOR_VERSION
@@ -1340,7 +1350,8 @@ def _write_images(out, p, progress):
     images, anns, refs, kinds, scenes = [], [], [], {}, {}
     img_id = ann_id = ref_id = sent_id = 0
     gen = dict(image_size=S, kinds=p["kinds"], min_objects=p["min_objects"], max_objects=p["max_objects"],
-               expressions_per_image=tuple(p["expressions_per_image"]), negative=p["negative"])
+               expressions_per_image=tuple(p["expressions_per_image"]), negative=p["negative"],
+               relation_gap=tuple(p["relation_gap"]))
     for split, count in p["splits"].items():
         for index in _bar(range(count), count, f"synthetic images {split}", progress):
             s = generate_image_sample(p["seed"], split, index, **gen)
@@ -1415,7 +1426,7 @@ def _write_videos(out, p, progress):
     kinds, scenes = {}, {}
     gen = dict(image_size=p["image_size"], num_frames=K, kinds=p["kinds"], min_objects=p["min_objects"],
                max_objects=p["max_objects"], expressions_per_video=tuple(p["expressions_per_video"]),
-               negative=p["negative"])
+               negative=p["negative"], relation_gap=tuple(p["relation_gap"]))
     for split, count in p["splits"].items():
         jdir, adir, edir = out / split / "JPEGImages", out / split / "Annotations", out / "meta_expressions" / split
         for d in (jdir, adir, edir):
@@ -1449,24 +1460,27 @@ def _write_videos(out, p, progress):
 
 
 def generate_image_benchmark(root, *, seed=0, image_size=128, splits=None, kinds=None, min_objects=2,
-                             max_objects=6, expressions_per_image=(1, 3), negative=0.0, segmentation="polygon",
-                             progress=True) -> Path:
+                             max_objects=6, expressions_per_image=(1, 3), negative=0.0, relation_gap=(0.0, 0.15),
+                             segmentation="polygon", progress=True) -> Path:
     """Write the image benchmark in the refer layout under ``root`` (replacing an older one); returns ``root``.
 
     ``splits`` (default ``{"train": 2000, "val": 200, "test": 400}``) counts images; ``kinds`` (default the four
     image kinds, weight 1 each) weights the kind of each image's expressions; ``negative`` is the probability
-    that an image also gets one expression about an absent object (``ann_id`` -1, empty target).
+    that an image also gets one expression about an absent object (``ann_id`` -1, empty target);
+    ``relation_gap`` (fractions of the side) is the range of the extra distance between a left/right/above/below
+    target and its landmark.
     Files: ``root/synthetic/{instances.json, refs(unc).p, kinds.json, scenes.json, COMPLETE.json}`` and
     ``root/images/synthetic/*.jpg``.
     """
     p = _normalise(dict(seed=seed, image_size=image_size, splits=splits, kinds=kinds, min_objects=min_objects,
                         max_objects=max_objects, expressions_per_image=expressions_per_image, negative=negative,
-                        segmentation=segmentation), IMAGE_DEFAULTS, video=False)
+                        relation_gap=relation_gap, segmentation=segmentation), IMAGE_DEFAULTS, video=False)
     return _atomic_generate(root, Path("synthetic") / STAMP, p, _write_images, progress)
 
 
 def generate_video_benchmark(root, *, seed=0, image_size=128, num_frames=8, splits=None, kinds=None, min_objects=2,
-                             max_objects=5, expressions_per_video=(1, 3), negative=0.0, progress=True) -> Path:
+                             max_objects=5, expressions_per_video=(1, 3), negative=0.0, relation_gap=(0.0, 0.15),
+                             progress=True) -> Path:
     """Write the video benchmark in the Refer-YouTube-VOS layout under ``root``; returns ``root``.
 
     ``splits`` (default ``{"train": 600, "valid": 150}``) counts clips of ``num_frames`` frames named
@@ -1475,7 +1489,7 @@ def generate_video_benchmark(root, *, seed=0, image_size=128, num_frames=8, spli
     """
     p = _normalise(dict(seed=seed, image_size=image_size, num_frames=num_frames, splits=splits, kinds=kinds,
                         min_objects=min_objects, max_objects=max_objects, expressions_per_video=expressions_per_video,
-                        negative=negative), VIDEO_DEFAULTS, video=True)
+                        negative=negative, relation_gap=relation_gap), VIDEO_DEFAULTS, video=True)
     return _atomic_generate(root, Path(STAMP), p, _write_videos, progress)
 
 
