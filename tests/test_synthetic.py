@@ -256,16 +256,12 @@ def test_action_twins_differ_only_in_motion():
 
 def test_directional_relations_need_the_landmark():
     """"The circle left of the blue square" must not be answerable as "the leftmost circle" (docs/synthetic.md)."""
-    axis = {"left": ("left",), "right": ("right",), "above": ("top",), "below": ("bottom",)}
-    solved = total = 0
-    for i in range(60):
-        s = syn.generate_image_sample(0, "train", i, kinds={"relation": 1})
-        for r in s.refs:
-            e = r.expression
-            if e.relation in axis:
-                total += 1
-                solved += syn.resolve(s.scene, syn.Expression(e.target, location=axis[e.relation])) == {r.target}
-    assert total >= 30 and solved / total < 0.45, (solved, total)
+    subkinds = [syn.relation_subkind(s.scene, r.expression)
+                for s in (syn.generate_image_sample(0, "train", i, kinds={"relation": 1}) for i in range(60))
+                for r in s.refs]
+    directional = [k for k in subkinds if k in ("shortcut", "decoy")]
+    assert len(directional) >= 30 and directional.count("shortcut") / len(directional) < 0.45, subkinds
+    assert set(subkinds) <= {"shortcut", "decoy", "near", "between"} and "near" in subkinds
 
 
 def test_relation_gap_sets_the_target_landmark_distance():
@@ -316,6 +312,8 @@ def test_resolver_semantics_and_ambiguity():
     decoy = syn.Scene(128, [_obj("circle", 40, 64), _obj("circle", 20, 15), _obj("square", 64, 64)])
     assert syn.resolve(decoy, E(P("circle"), relation="left", landmarks=(P("square"),))) == {0}
     assert syn.resolve(decoy, E(P("circle"), location=("left",))) == {1}
+    assert syn.relation_subkind(decoy, E(P("circle"), relation="left", landmarks=(P("square"),))) == "decoy"
+    assert syn.relation_subkind(scene, E(P("circle"), relation="right", landmarks=(P("square"),))) == "shortcut"
     between = syn.Scene(128, [_obj("star", 20, 64), _obj("square", 100, 64), _obj("circle", 60, 66),
                               _obj("circle", 60, 120)])
     expr = E(P("circle"), relation="between", landmarks=(P("star"), P("square")))

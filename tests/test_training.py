@@ -110,6 +110,13 @@ def test_train_eval_predict_scripts_end_to_end(tmp_path):
     trained_metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["metrics"] == trained_metrics["test"]["metrics"]
 
+    split = _run([sys.executable, "benchmarks/synthetic_relations.py", str(run_dir / "best.pt")], env=env)
+    assert split.returncode == 0, split.stderr[-3000:]
+    table = json.loads(split.stdout.strip().splitlines()[-1])
+    assert table["all"]["n"] == trained_metrics["test"]["metrics"]["n"]
+    assert abs(table["all"]["oIoU"] - 100 * trained_metrics["test"]["metrics"]["oIoU"]) < 0.01
+    assert sum(v["n"] for k, v in table.items() if k != "all") == table["all"]["n"]
+
     image = next((data / "synthetic" / "images" / "synthetic").glob("*.jpg"))
     out = tmp_path / "pred"
     predicted = _run([sys.executable, "scripts/predict.py", f"checkpoint={run_dir / 'best.pt'}", f"image={image}",

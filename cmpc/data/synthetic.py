@@ -51,7 +51,7 @@ from cmpc.errors import ConfigError, DatasetError
 __all__ = [
     "GENERATOR_VERSION", "SHAPES", "COLOURS", "SIZES", "KINDS", "MOTIONS", "RELATIONS", "LOCATIONS",
     "Phrase", "Expression", "SceneObject", "Scene", "ImageSample", "VideoSample",
-    "clean_sentence", "realize", "parse_expression", "resolve", "kind_is_valid",
+    "clean_sentence", "realize", "parse_expression", "resolve", "kind_is_valid", "relation_subkind",
     "generate_image_sample", "generate_video_sample",
     "generate_image_benchmark", "generate_video_benchmark", "ensure_image_benchmark", "ensure_video_benchmark",
     "scene_from_json", "load_image_scenes", "load_video_scenes", "benchmark_statistics", "format_statistics",
@@ -393,6 +393,19 @@ def resolve(scene: Scene, expr: Expression):
             return None
         cands = [cands[won]]
     return set(cands)
+
+
+_AXIS_LOCATION = {"left": ("left",), "right": ("right",), "above": ("top",), "below": ("bottom",)}
+
+
+def relation_subkind(scene: Scene, expr: Expression) -> str:
+    """``"shortcut"`` if the directional relation ``expr`` picks the same object as the location phrase of its
+    direction ("the circle left of the blue square" -> "the leftmost circle"), ``"decoy"`` if it does not,
+    else the relation itself (``"near"``, ``"between"``)."""
+    if expr.relation not in _AXIS_LOCATION:
+        return expr.relation
+    shortcut = resolve(scene, Expression(expr.target, location=_AXIS_LOCATION[expr.relation]))
+    return "shortcut" if shortcut == resolve(scene, expr) else "decoy"
 
 
 def kind_is_valid(scene: Scene, expr: Expression, kind: str, target) -> bool:
