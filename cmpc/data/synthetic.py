@@ -7,7 +7,8 @@ referring expression, so that results can be split by kind:
 - ``entity``: the shape alone identifies the target ("the triangle");
 - ``attribute``: shape plus colour and/or size is needed ("the small red ball");
 - ``relation``: the target has an identical twin and only its relation to a landmark tells them apart
-  ("the circle left of the blue square"; left/right/above/below/next to/between);
+  ("the circle left of the blue square"; left/right/above/below/next to/between); most directional scenes
+  hold a decoy twin further in that direction, so "the leftmost circle" is not the answer;
 - ``location``: look-alikes that only absolute position tells apart ("the leftmost box", "the top right ball");
 - ``action`` (videos only): identical twins that differ only in motion ("the red ball moving left");
 - ``negative`` (optional): an expression about an object that is not in the scene (empty target).
