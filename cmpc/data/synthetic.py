@@ -161,6 +161,7 @@ NEAR_TRUE, NEAR_FALSE = 0.10, 0.25        # edge distances for "next to" / clear
 BETWEEN_D_TRUE, BETWEEN_D_FALSE = 0.10, 0.30
 OFF_AXIS = 1.0       # "left of" is false for an object whose offset across is >= its offset along (and clears the landmark)
 DECOY_SHARE = 0.8    # share of left/right/above/below scenes whose twin lies beyond the target (see _build_relation)
+RELATION_GAP = (0.0, 0.15)  # default range of the extra target-landmark distance of left/right/above/below
 MOVE_MIN = 0.05      # net displacement for "moving left" etc.
 STILL_MAX = 0.01     # path length under which an object is "standing still"
 
@@ -676,7 +677,7 @@ def polygon_mask(poly: list, S: int) -> np.ndarray:
 
 
 class _Ctx:
-    def __init__(self, rng, S, K, min_objects, max_objects, relation_gap=(0.0, 0.15)):
+    def __init__(self, rng, S, K, min_objects, max_objects, relation_gap=RELATION_GAP):
         self.rng, self.S, self.K = rng, S, K
         self.relation_gap = relation_gap
         self.u = S / 128.0
@@ -1141,7 +1142,7 @@ def _sample_rng(seed, split, index, domain):
 
 def generate_image_sample(seed: int, split: str, index: int, *, image_size=128, kinds=None, min_objects=2,
                           max_objects=6, expressions_per_image=(1, 3), negative=0.0,
-                          relation_gap=(0.0, 0.15)) -> ImageSample:
+                          relation_gap=RELATION_GAP) -> ImageSample:
     """Generate image ``index`` of ``split`` in memory; depends only on (seed, split, index) and the params."""
     kinds = dict(kinds or {k: 1 for k in IMAGE_KINDS})
     rng = _sample_rng(seed, split, index, 0)
@@ -1163,7 +1164,7 @@ def generate_image_sample(seed: int, split: str, index: int, *, image_size=128, 
 
 def generate_video_sample(seed: int, split: str, index: int, *, image_size=128, num_frames=8, kinds=None,
                           min_objects=2, max_objects=5, expressions_per_video=(1, 3), negative=0.0,
-                          relation_gap=(0.0, 0.15)) -> VideoSample:
+                          relation_gap=RELATION_GAP) -> VideoSample:
     """Generate clip ``index`` of ``split`` in memory; depends only on (seed, split, index) and the params."""
     kinds = dict(kinds or {k: 1 for k in KINDS[:5]})
     rng = _sample_rng(seed, split, index, 1)
@@ -1192,11 +1193,11 @@ def generate_video_sample(seed: int, split: str, index: int, *, image_size=128, 
 IMAGE_DEFAULTS = dict(seed=0, image_size=128, splits={"train": 2000, "val": 200, "test": 400},
                       kinds={"entity": 1, "attribute": 1, "relation": 1, "location": 1},
                       min_objects=2, max_objects=6, expressions_per_image=(1, 3), negative=0.0,
-                      relation_gap=(0.0, 0.15), segmentation="polygon")
+                      relation_gap=RELATION_GAP, segmentation="polygon")
 VIDEO_DEFAULTS = dict(seed=0, image_size=128, num_frames=8, splits={"train": 600, "valid": 150},
                       kinds={"entity": 1, "attribute": 1, "relation": 1, "location": 1, "action": 1},
                       min_objects=2, max_objects=5, expressions_per_video=(1, 3), negative=0.0,
-                      relation_gap=(0.0, 0.15))
+                      relation_gap=RELATION_GAP)
 MARKER = ".cmpc-synthetic"
 STAMP = "COMPLETE.json"
 FRAME_STEP = 5
@@ -1474,7 +1475,7 @@ def _write_videos(out, p, progress):
 
 
 def generate_image_benchmark(root, *, seed=0, image_size=128, splits=None, kinds=None, min_objects=2,
-                             max_objects=6, expressions_per_image=(1, 3), negative=0.0, relation_gap=(0.0, 0.15),
+                             max_objects=6, expressions_per_image=(1, 3), negative=0.0, relation_gap=RELATION_GAP,
                              segmentation="polygon", progress=True) -> Path:
     """Write the image benchmark in the refer layout under ``root`` (replacing an older one); returns ``root``.
 
@@ -1493,7 +1494,7 @@ def generate_image_benchmark(root, *, seed=0, image_size=128, splits=None, kinds
 
 
 def generate_video_benchmark(root, *, seed=0, image_size=128, num_frames=8, splits=None, kinds=None, min_objects=2,
-                             max_objects=5, expressions_per_video=(1, 3), negative=0.0, relation_gap=(0.0, 0.15),
+                             max_objects=5, expressions_per_video=(1, 3), negative=0.0, relation_gap=RELATION_GAP,
                              progress=True) -> Path:
     """Write the video benchmark in the Refer-YouTube-VOS layout under ``root``; returns ``root``.
 
