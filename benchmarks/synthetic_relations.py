@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from cmpc.data import build_dataset
 from cmpc.data.synthetic import load_image_scenes, parse_expression, relation_subkind
 from cmpc.engine.builders import load_trained
+from cmpc.engine.distributed import resolve_device
 from cmpc.engine.evaluate import evaluate
 
 
@@ -50,16 +51,18 @@ def main() -> None:
     ap.add_argument("--root", default=None, help="another generated image benchmark (default: the run's)")
     ap.add_argument("--split", default=None, help="default: the run's test split")
     ap.add_argument("--directional", action="store_true", help="merge shortcut and decoy relations")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (as the configs' device)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    model, cfg, vocab = load_trained(a.checkpoint)
+    device = resolve_device(a.device)
+    model, cfg, vocab = load_trained(a.checkpoint, device)
     if a.root is not None:  # an existing benchmark: read it as it is, never regenerate it
         cfg.dataset.root, cfg.dataset.generate = a.root, None
     dataset = build_dataset(cfg.dataset, a.split or cfg.dataset.test_split, vocab)
     wrapped = RelationSubkinds(dataset, load_image_scenes(cfg.dataset.root), a.directional)
-    results = evaluate(model, wrapped, device="cpu", batch_size=64, desc="relations")
+    results = evaluate(model, wrapped, device=device, batch_size=64, desc="relations")
     table = {kind: {"oIoU": round(100 * m["oIoU"], 2), "n": m["n"]} for kind, m in sorted(results["by_kind"].items())}
     table["all"] = {"oIoU": round(100 * results["metrics"]["oIoU"], 2), "n": results["metrics"]["n"]}
     print(json.dumps(table))

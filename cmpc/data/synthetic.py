@@ -886,7 +886,7 @@ def _build_relation(ctx):
     n_twins = 3 if ctx.max_objects >= len(objs) + 2 and rng.random() < 0.2 else 1
     # left/right/above/below: without a decoy the target is always the extreme twin in the relation's direction,
     # and "the leftmost circle" would answer "the circle left of the blue square" without looking at the landmark
-    decoys = 1 if rel in ("left", "right", "above", "below") and rng.random() < DECOY_SHARE else 0
+    decoys = 1 if rel in _AXIS_LOCATION and rng.random() < DECOY_SHARE else 0
     for i in range(n_twins):  # identical twins for which the relation clearly does not hold
         d = ctx.new(shape=t.shape, colour=t.colour, size=t.size)
         d.radius, d.rgb, d.angle = t.radius, t.rgb, t.angle
