@@ -66,9 +66,11 @@ def test_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path, grouped):
 
 def test_a_frozen_backbone_loads_from_a_training_checkpoint(tmp_path):
     data = tmp_path / "data"
-    train(compose_cfg(tiny_overrides(data, steps=2)), tmp_path / "pretrain")
+    train(compose_cfg(tiny_overrides(data, steps=2, extra=["dataset=synthetic_entities"])), tmp_path / "pretrain")
+    kinds = json.loads((data / "synthetic_entities" / "synthetic" / "kinds.json").read_text())
+    assert set(kinds.values()) == {"entity", "attribute"}  # nothing relational to learn in pretraining
     source = torch.load(tmp_path / "pretrain" / "last.pt", weights_only=True)["model"]  # no pickled objects
-    frozen = ["backbone.frozen=true", "backbone.frozen_bn=true", f"backbone.weights={tmp_path / 'pretrain' / 'last.pt'}"]
+    frozen = ["backbone=small_frozen", f"backbone.weights={tmp_path / 'pretrain' / 'last.pt'}"]
     train(compose_cfg(tiny_overrides(data, steps=2, extra=frozen)), tmp_path / "frozen")
     state = load_checkpoint(tmp_path / "frozen" / "last.pt")["model"]
     backbone = [k for k in source if k.startswith("backbone.")]
