@@ -208,6 +208,11 @@ def test_small_resnet_frozen():
     assert all(torch.equal(a, b) for a, b in zip(before, _bn_stats(net)))
 
 
+def test_small_resnet_missing_weights_say_how_to_make_them(tmp_path):
+    with pytest.raises(ConfigError, match="dataset=synthetic_entities"):
+        SmallResNet(weights=str(tmp_path / "missing.pt"), frozen=True)
+
+
 # ---------------------------------------------------------------------------------------- I3D
 
 

@@ -396,6 +396,11 @@ class SmallResNet(Backbone):
         self.spatial_strides = (output_stride,) * 3
         self.stride = output_stride
         if weights is not None:
+            if not os.path.isfile(os.path.expanduser(str(weights))):
+                raise ConfigError(
+                    f"backbone weights file {weights} does not exist: pretrain the small backbone first (python "
+                    "scripts/train.py dataset=synthetic_entities hydra.run.dir=...; docs/synthetic.md) or set backbone.weights"
+                )
             state = _read_checkpoint(str(weights))
             _load_matched(self, state, str(weights), lambda key: _strip_prefixes(key, ("module.", "backbone.")), "SmallResNet")
         elif frozen:
