@@ -270,7 +270,7 @@ def test_relation_gap_sets_the_target_landmark_distance():
         for i in range(30):
             s = syn.generate_image_sample(0, "train", i, kinds={"relation": 1}, relation_gap=relation_gap)
             r = s.refs[0]  # the designed expression: its target was placed at the drawn distance
-            if r.expression.relation in ("left", "right", "above", "below"):
+            if r.expression.relation in syn._AXIS_LOCATION:
                 (lm,) = [o for o in s.scene.objects if syn._matches(o, r.expression.landmarks[0])]
                 t = s.scene.objects[r.target]
                 along = syn._axes(r.expression.relation, t.centres[0][0] - lm.centres[0][0],

@@ -82,11 +82,11 @@ class Backbone(nn.Module):
 # Checkpoint reading and key matching
 
 
-def _read_checkpoint(path: str) -> dict[str, Tensor]:
+def _read_checkpoint(path: str, missing_hint: str = "give an existing checkpoint path or null") -> dict[str, Tensor]:
     """A flat ``{name: tensor}`` dict from a ``.pth``/``.pt`` (torch.save) or ``.npy`` file."""
     path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
-        raise ConfigError(f"backbone weights file {path} does not exist: give an existing checkpoint path or null")
+        raise ConfigError(f"backbone weights file {path} does not exist: {missing_hint}")
     try:
         if path.endswith(".npy"):  # caffe-tensorflow export: {layer: {param: array}}
             import numpy as np
@@ -396,12 +396,8 @@ class SmallResNet(Backbone):
         self.spatial_strides = (output_stride,) * 3
         self.stride = output_stride
         if weights is not None:
-            if not os.path.isfile(os.path.expanduser(str(weights))):
-                raise ConfigError(
-                    f"backbone weights file {weights} does not exist: pretrain the small backbone first (python "
-                    "scripts/train.py dataset=synthetic_entities hydra.run.dir=...; docs/synthetic.md) or set backbone.weights"
-                )
-            state = _read_checkpoint(str(weights))
+            state = _read_checkpoint(str(weights), "pretrain the small backbone first (python scripts/train.py "
+                                     "dataset=synthetic_entities hydra.run.dir=...; docs/synthetic.md) or set backbone.weights")
             _load_matched(self, state, str(weights), lambda key: _strip_prefixes(key, ("module.", "backbone.")), "SmallResNet")
         elif frozen:
             _log_random("SmallResNet")
