@@ -13,17 +13,16 @@ figures.
 
 from __future__ import annotations
 
-import argparse
 import json
 
-import torch
 from torch.utils.data import Dataset
 
+from cmpc.cli import friendly_errors
 from cmpc.data import build_dataset
 from cmpc.data.synthetic import load_image_scenes, parse_expression, relation_subkind
-from cmpc.engine.builders import load_trained
-from cmpc.engine.distributed import resolve_device
 from cmpc.engine.evaluate import evaluate
+
+from common import load_run, run_parser
 
 
 class RelationSubkinds(Dataset):
@@ -45,19 +44,13 @@ class RelationSubkinds(Dataset):
         return sample
 
 
+@friendly_errors
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint", help="best.pt / last.pt of a run trained on the synthetic image benchmark")
+    ap = run_parser(__doc__)
     ap.add_argument("--root", default=None, help="another generated image benchmark (default: the run's)")
-    ap.add_argument("--split", default=None, help="default: the run's test split")
     ap.add_argument("--directional", action="store_true", help="merge shortcut and decoy relations")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (as the configs' device)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = resolve_device(a.device)
-    model, cfg, vocab = load_trained(a.checkpoint, device)
+    model, cfg, vocab, device = load_run(a)
     if a.root is not None:  # an existing benchmark: read it as it is, never regenerate it
         cfg.dataset.root, cfg.dataset.generate = a.root, None
     dataset = build_dataset(cfg.dataset, a.split or cfg.dataset.test_split, vocab)

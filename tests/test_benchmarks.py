@@ -24,3 +24,44 @@ def test_benchmark_suite_writes_a_table_for_every_row(tmp_path):
         ms, rate = (float(x) for x in re.split(r"\s*\|\s*", row)[3:5])
         assert ms > 0 and rate > 0
     assert "+ grouped backbone (4 sentences, 2 images)" in text and "DenseCRF of 4 maps, process pool" in text
+
+
+def test_rar_toy_scenes_need_the_landmark():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import numpy as np
+    from rar_toy import DIRECTIONS, WORDS, axes, toy_scene
+
+    rng, decoys = np.random.default_rng(0), 0
+    for _ in range(300):
+        board, tokens, target, twin, landmark, decoy = toy_scene(rng, 12)
+        words = [WORDS[t] for t in tokens]
+        kind, relation, landmark_kind = int(words[1][4:]), words[2], int(words[5][4:])
+        assert board[kind, target[1], target[0]] == board[kind, twin[1], twin[0]] == 1  # identical twins
+        assert board[landmark_kind, landmark[1], landmark[0]] == 1 and board[kind].sum() == 2
+        direction = DIRECTIONS[relation]
+        t_along, t_across = axes(np.subtract(target, landmark), direction)
+        w_along, w_across = axes(np.subtract(twin, landmark), direction)
+        assert t_along >= 2 and t_across <= 1  # the relation holds for the target ...
+        assert not (w_along >= 1 and w_across <= 1)  # ... and clearly fails for its twin
+        if decoy:  # "the leftmost <kind>" would name the twin
+            decoys += 1
+            assert w_along > t_along and w_across >= 3
+    assert 100 < decoys < 200
+
+
+def test_edge_mass_is_one_for_a_uniform_graph_and_the_ceiling_on_the_landmark():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
+    from rar_attention import edge_mass
+
+    n = 16
+    source, sink = torch.zeros(n), torch.zeros(n)
+    source[[0, 1]] = 1.0
+    sink[[5, 6]] = torch.tensor([1.0, 0.5])  # landmark cover of two cells
+    assert abs(edge_mass(torch.full((n, n), 1 / n), source, sink) - 1.0) < 1e-6
+    onto = torch.zeros(n, n)
+    onto[:, 5] = 1.0  # every edge lands on the fully covered landmark cell
+    assert abs(edge_mass(onto, source, sink) - n / 1.5) < 1e-5
+    away = torch.zeros(n, n)
+    away[:, 9] = 1.0
+    assert edge_mass(away, source, sink) == 0.0

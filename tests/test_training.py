@@ -131,6 +131,14 @@ def test_train_eval_predict_scripts_end_to_end(tmp_path):
     assert table["all"]["n"] == trained_metrics["test"]["metrics"]["n"]
     assert abs(table["all"]["oIoU"] - 100 * trained_metrics["test"]["metrics"]["oIoU"]) < 0.01
     assert sum(v["n"] for k, v in table.items() if k != "all") == table["all"]["n"]
+    attention = _run([sys.executable, "benchmarks/rar_attention.py", str(run_dir / "best.pt"), "--subkind", "all"],
+                     env=env)
+    assert attention.returncode == 0, attention.stderr[-3000:]
+    report = json.loads(attention.stdout.strip().splitlines()[-1])
+    relations = sum(v["n"] for k, v in table.items() if k.startswith("relation:"))
+    assert report["expressions"] == relations > 0 and 0 <= report["target_above_twins"] <= 1
+    for level in ("res3", "res4", "res5"):  # every level has RAR; an edge mass lies between 0 and every edge
+        assert 0 <= report[f"{level}:target->landmark"] <= report[f"{level}:ceiling"]
 
     image = next((data / "synthetic" / "images" / "synthetic").glob("*.jpg"))
     out = tmp_path / "pred"

@@ -1,0 +1,127 @@
+"""Where Relation-Aware Reasoning sends the referent's positions on synthetic relation expressions.
+
+    python benchmarks/rar_attention.py runs/<run>/best.pt [--subkind decoy] [--split test]
+
+For each relation expression of the synthetic test split (``--subkind``: decoy, shortcut, near, between or all;
+see :func:`cmpc.data.synthetic.relation_subkind`), with the target, its look-alike twins and its landmark(s)
+known from ``scenes.json``, it reports per visual level how much of the graph's edge mass (eq. 9,
+``A = B1 B2``; rows sum to 1) leaves the target's positions and lands on the landmark, relative to an edge that
+picks positions uniformly (1.0 = no preference; ``ceiling``: every edge on the landmark), and the same from
+the twins' positions; then how often the
+predicted mask scores the target above every twin (mean logit over each object's cells; ``chance``: picking one of the
+look-alikes at random), and which words the classifier routes (mean ``p_relation`` per word, eq. 1).
+A checkpoint without RAR reports only the pick rate and the words. docs/synthetic.md reports the figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pycocotools.coco import COCO
+
+from cmpc.cli import friendly_errors
+from cmpc.data import build_dataset
+from cmpc.data.base import collate
+from cmpc.data.synthetic import load_image_scenes, parse_expression, relation_subkind
+
+from common import load_run, run_parser
+
+
+def object_roles(scene, expr, target_oid):
+    """``(target, twins, landmarks)`` as lists of object ids (ann_ids)."""
+    def look(o, phrase):
+        return o.shape == phrase.shape and phrase.colour in (None, o.colour) and phrase.size in (None, o.size)
+
+    landmarks = [o.oid for ph in expr.landmarks for o in scene.objects if look(o, ph)]
+    twins = [o.oid for o in scene.objects if look(o, expr.target) and o.oid != target_oid and o.oid not in landmarks]
+    return [target_oid], twins, landmarks
+
+
+def cell_cover(masks: list[torch.Tensor], size) -> torch.Tensor:
+    """Fraction of each feature cell covered by the union of ``masks`` (input-frame masks), ``[h * w]``."""
+    union = torch.stack(masks).amax(dim=0)[None, None].float()
+    return F.adaptive_avg_pool2d(union, size).flatten()
+
+
+def edge_mass(adjacency: torch.Tensor, source: torch.Tensor, sink: torch.Tensor) -> float:
+    """Edge mass from the ``source`` cells onto the ``sink`` cells over the uniform edge's (1.0 = no preference)."""
+    rows = source @ adjacency / source.sum()  # mean outgoing row of the source cells, [N]
+    return float((rows @ sink) / (sink.sum() / sink.numel()))
+
+
+@friendly_errors
+def main() -> None:
+    ap = run_parser(__doc__)
+    ap.add_argument("--subkind", default="decoy", choices=("decoy", "shortcut", "near", "between", "all"))
+    a = ap.parse_args()
+    model, cfg, vocab, device = load_run(a)
+    dataset = build_dataset(cfg.dataset, a.split or cfg.dataset.test_split, vocab)
+    scenes = load_image_scenes(cfg.dataset.root)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco = COCO(str(Path(cfg.dataset.root) / "synthetic" / "instances.json"))
+
+    captured = {}
+    levels = list(zip(cfg.model.levels, model.levels))
+    for name, level in levels:
+        if level.reasoning is not None:
+            level.reasoning.register_forward_pre_hook(lambda m, args, name=name: captured.__setitem__(name, args))
+
+    mass = defaultdict(list)  # (level, "target" | "twin" | "ceiling") -> edge mass ratios
+    picks, chance, route = [], [], defaultdict(list)
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        meta = sample["meta"]
+        if meta["kind"] != "relation":
+            continue
+        scene, expr = scenes[meta["image_id"]], parse_expression(meta["sentence"])
+        if a.subkind != "all" and relation_subkind(scene, expr) != a.subkind:
+            continue
+        roles = object_roles(scene, expr, meta["ann_id"])
+        masks = {oid: dataset.letterbox.mask(coco.annToMask(coco.anns[oid]).astype(bool))
+                 for oids in roles for oid in oids}
+        batch = collate([sample])
+        with torch.no_grad():
+            out = model(batch["image"].to(device), batch["words"].to(device))
+        logits = out["logits"][0, 0].cpu()
+        cover = {oid: cell_cover([m], logits.shape) for oid, m in masks.items()}
+        score = {oid: float((c @ logits.flatten()) / c.sum()) for oid, c in cover.items()}
+        target, twins, landmarks = roles
+        picks.append(all(score[target[0]] > score[t] for t in twins))
+        chance.append(1 / (1 + len(twins)))
+        probs = out["word_probs"]
+        if probs is not None:
+            rel = probs[0, :, model.classifier.types.index("relation")].tolist()
+            for token, p in zip(batch["words"][0].tolist(), rel):
+                if token != 0:  # padding
+                    route[vocab.words[token]].append(p)
+        for name, level in levels:
+            if name not in captured:
+                continue
+            args = captured.pop(name)
+            grid = args[0].shape[-2:]  # the multimodal map's H x W
+            with torch.no_grad():
+                adjacency = level.reasoning.adjacency(*args)[0].cpu()
+            sink = cell_cover([masks[o] for o in landmarks], grid)
+            mass[(name, "target")].append(edge_mass(adjacency, cell_cover([masks[target[0]]], grid), sink))
+            mass[(name, "twin")].append(edge_mass(adjacency, cell_cover([masks[o] for o in twins], grid), sink))
+            mass[(name, "ceiling")].append(float(sink.numel() / sink.sum()))  # every edge on the landmark
+
+    report = {"expressions": len(picks), "target_above_twins": round(float(np.mean(picks)), 3) if picks else None,
+              "chance": round(float(np.mean(chance)), 3) if picks else None}
+    for (name, role), values in sorted(mass.items()):
+        report[f"{name}:{role}" if role == "ceiling" else f"{name}:{role}->landmark"] = round(float(np.mean(values)), 2)
+    if route:
+        mean = {w: float(np.mean(v)) for w, v in route.items() if len(v) >= 5}
+        report["p_relation"] = {w: round(p, 2) for w, p in sorted(mean.items(), key=lambda kv: -kv[1])[:12]}
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
