@@ -11,6 +11,7 @@ Without RAR nothing but the coordinates and a 3x3 neighbourhood reaches a positi
 can help; with RAR the graph (eqs. 5-10) can carry the landmark to the target. Reported per model: how often the
 target's logit beats its twin's on held-out scenes (decoy / other twins; 0.5 = coin flip), and for RAR the edge
 mass from the target onto the landmark over a uniform edge's (as ``benchmarks/rar_attention.py``).
+``--models oracle`` gives RAR the routing (every word's ``B2`` row on the landmark) and leaves the rest to learn.
 docs/synthetic.md reports the figures.
 """
 
@@ -100,6 +101,24 @@ def toy_model(rar: bool) -> CMPCImage:
     return CMPCImage(cfg, OneHotBackbone(), len(WORDS))
 
 
+class OracleRouting:
+    """Replaces ``B2`` (eq. 8) by the answer: every word attends to the landmark's cell; ``B1`` stays learnt."""
+
+    def __init__(self, reasoning):
+        self.learnt, self.cells = reasoning.attention, None
+        reasoning.attention = self
+
+    def __call__(self, vertices, relation_words, mask):
+        b1, b2 = self.learnt(vertices, relation_words, mask)
+        oracle = torch.zeros_like(b2)
+        oracle[torch.arange(len(self.cells)), :, self.cells] = 1.0
+        return b1, oracle
+
+
+def landmark_cells(scenes, grid) -> torch.Tensor:
+    return torch.tensor([s[4][1] * grid + s[4][0] for s in scenes])
+
+
 def landmark_mass(model, boards, tokens, scenes) -> float:
     """Mean edge mass from the target cell onto the landmark cell over a uniform edge's."""
     captured = {}
@@ -110,29 +129,36 @@ def landmark_mass(model, boards, tokens, scenes) -> float:
     adjacency = level.reasoning.adjacency(*captured["args"])
     grid = boards.shape[-1]
     rows = torch.tensor([s[2][1] * grid + s[2][0] for s in scenes])
-    cols = torch.tensor([s[4][1] * grid + s[4][0] for s in scenes])
+    cols = landmark_cells(scenes, grid)
     return float(adjacency[torch.arange(len(scenes)), rows, cols].mean() * grid * grid)
 
 
-def run(rar: bool, seed: int, steps: int, grid: int, lr: float) -> dict:
+def run(kind: str, seed: int, steps: int, grid: int, lr: float) -> dict:
+    """Train and evaluate one toy model: ``kind`` = rar | no-rar | oracle (RAR with :class:`OracleRouting`)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    rar = kind != "no-rar"
     model = toy_model(rar)
+    oracle = OracleRouting(model.levels[0].reasoning) if kind == "oracle" else None
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
-        boards, tokens, target, _ = batch(rng, grid, 64)
+        boards, tokens, target, scenes = batch(rng, grid, 64)
+        if oracle is not None:
+            oracle.cells = landmark_cells(scenes, grid)
         loss = mask_bce(model(boards, tokens)["logits"], target)
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()
     boards, tokens, _, scenes = batch(np.random.default_rng(10_000 + seed), grid, 2000)
+    if oracle is not None:
+        oracle.cells = landmark_cells(scenes, grid)
     with torch.no_grad():
         logits = model(boards, tokens)["logits"][:, 0]
         wins = {True: [], False: []}
         for i, s in enumerate(scenes):
             wins[s[5]].append(bool(logits[i, s[2][1], s[2][0]] > logits[i, s[3][1], s[3][0]]))
-        out = {"rar": rar, "seed": seed, "decoy": round(float(np.mean(wins[True])), 3),
+        out = {"model": kind, "seed": seed, "steps": steps, "decoy": round(float(np.mean(wins[True])), 3),
                "other": round(float(np.mean(wins[False])), 3)}
         if rar:
             out["target->landmark"] = round(landmark_mass(model, boards, tokens, scenes), 2)
@@ -145,14 +171,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--grid", type=int, default=12)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--models", choices=("both", "rar", "no-rar"), default="both")
+    ap.add_argument("--models", nargs="+", choices=("rar", "no-rar", "oracle"), default=["rar", "no-rar"],
+                    help="oracle: RAR whose words all attend to the landmark (B2 given, B1 learnt)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     for seed in a.seeds:
-        for rar in {"both": (True, False), "rar": (True,), "no-rar": (False,)}[a.models]:
-            print(json.dumps(run(rar, seed, a.steps, a.grid, a.lr)), flush=True)
+        for kind in a.models:
+            print(json.dumps(run(kind, seed, a.steps, a.grid, a.lr)), flush=True)
 
 
 if __name__ == "__main__":
