@@ -29,18 +29,18 @@ from pycocotools.coco import COCO
 from cmpc.cli import friendly_errors
 from cmpc.data import build_dataset
 from cmpc.data.base import collate
-from cmpc.data.synthetic import load_image_scenes, parse_expression, relation_subkind
+from cmpc.data.synthetic import Expression, load_image_scenes, parse_expression, relation_subkind, resolve
 
 from common import load_run, run_parser
 
 
 def object_roles(scene, expr, target_oid):
-    """``(target, twins, landmarks)`` as lists of object ids (ann_ids)."""
-    def look(o, phrase):
-        return o.shape == phrase.shape and phrase.colour in (None, o.colour) and phrase.size in (None, o.size)
+    """``(target, twins, landmarks)`` as lists of object ids (ann_ids), by the generator's resolver."""
+    def named(phrase):  # the objects a bare noun phrase refers to
+        return [scene.objects[i].oid for i in sorted(resolve(scene, Expression(phrase)))]
 
-    landmarks = [o.oid for ph in expr.landmarks for o in scene.objects if look(o, ph)]
-    twins = [o.oid for o in scene.objects if look(o, expr.target) and o.oid != target_oid and o.oid not in landmarks]
+    landmarks = [oid for phrase in expr.landmarks for oid in named(phrase)]
+    twins = [oid for oid in named(expr.target) if oid != target_oid and oid not in landmarks]
     return [target_oid], twins, landmarks
 
 
