@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import scipy.io
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cmpc.data.text import MAX_WORDS, Vocabulary
 from cmpc.data.transforms import Letterbox
@@ -82,13 +82,19 @@ def require_dir(path: str | os.PathLike, what: str, anchor: str) -> Path:
     return p
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """RGB uint8 ``H x W x 3`` (grey / palette / CMYK images converted; grey tiled to 3 channels)."""
+def read_image(path: str | os.PathLike, *, upright: bool = False) -> np.ndarray:
+    """RGB uint8 ``H x W x 3`` (grey / palette / CMYK images converted; grey tiled to 3 channels).
+
+    ``upright=False`` (dataset images) keeps the stored pixel order, on which annotations are drawn;
+    ``upright=True`` (predict / demo inputs) applies the EXIF orientation, giving the picture a viewer shows.
+    """
     p = Path(path)
     if not p.is_file():
         raise DatasetError(f"missing image file {p}; check the dataset layout in {README}")
     try:
         with Image.open(p) as im:
+            if upright:
+                im = ImageOps.exif_transpose(im)
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except Exception as e:  # PIL raises many types for corrupt files
         raise DatasetError(f"cannot read image {p} ({type(e).__name__}: {e}); the file is corrupt: "
