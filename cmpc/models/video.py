@@ -71,11 +71,8 @@ class CMPCVideoLevel(CMPCLevel):
         per_frame = replace(lang, entity=None if lang.entity is None else lang.entity.repeat_interleave(k, 0))
         multimodal = self.perceive(visual, per_frame).unflatten(0, (b, k))  # M_V (EP on every frame)
         m_ctr = multimodal[:, center]
-        parts = [m_ctr if self.cmf else visual.unflatten(0, (b, k))[:, center]]
-        reasoned = m_ctr
-        if self.reasoning is not None:
-            reasoned = self.reasoning(m_ctr, lang.relation, lang.words.mask)  # M-_ctr (RAR, centre frame only)
-            parts.append(reasoned)
+        reasoned = self.reason(m_ctr, lang)  # M-_ctr (RAR, centre frame only)
+        parts = self.output_parts(visual.unflatten(0, (b, k))[:, center], m_ctr, reasoned)
         if self.action is not None:
             parts.append(self.action(multimodal, reasoned, lang.action, lang.action_words, lang.words.mask))  # P^_V
         return self.fuse(parts, lang)
