@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
+from pathlib import Path
 
 from .errors import CmpcError
 
@@ -21,6 +23,25 @@ def friendly_errors(main):
             sys.exit(2)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def failure_note(run_dir, name: str = "error.txt"):
+    """Write the one-line reason of an exception leaving the block to ``run_dir/name``, then re-raise it.
+
+    A sweep reader (``cmpc.ablation``) tells a failed job from an unfinished one by this file.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # noqa: BLE001 - recorded, then re-raised unchanged
+        text = str(err).strip().splitlines()
+        reason = text[0] if isinstance(err, CmpcError) and text else f"{type(err).__name__}: {text[0] if text else ''}"
+        if not (isinstance(err, SystemExit) and err.code in (0, None)):
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(run_dir) / name).write_text(reason + "\n")
+        raise
 
 
 def quiet_third_party_logs() -> None:

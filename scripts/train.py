@@ -2,13 +2,13 @@
 
 With no arguments: CMPC-I on the built-in synthetic benchmark (generated on first use), then the
 metrics table on its test split. Run directory: resolved config, TensorBoard logs, last.pt/best.pt,
-train_log.jsonl and metrics.json. Multi-GPU: ``torchrun --nproc_per_node=N scripts/train.py ...``.
+train_log.jsonl and metrics.json (error.txt with the reason when it fails). Multi-GPU: ``torchrun --nproc_per_node=N scripts/train.py ...``.
 """
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from cmpc.cli import friendly_errors, quiet_third_party_logs
+from cmpc.cli import failure_note, friendly_errors, quiet_third_party_logs
 from cmpc.engine.trainer import train
 
 
@@ -16,7 +16,9 @@ from cmpc.engine.trainer import train
 @friendly_errors
 def main(cfg) -> None:
     quiet_third_party_logs()
-    train(cfg, HydraConfig.get().runtime.output_dir)
+    run_dir = HydraConfig.get().runtime.output_dir
+    with failure_note(run_dir):  # error.txt: a sweep report (scripts/report.py) shows the row as failed
+        train(cfg, run_dir)
 
 
 if __name__ == "__main__":
