@@ -60,7 +60,8 @@ def plan(own: dict, overrides: list[str]) -> tuple[Path, dict]:
     dataset = own.get("dataset", stored.get("dataset", tbl.datasets[0]))
     rows = own["rows"].split(",") if own.get("rows") else stored.get("rows")
     selected_rows(tbl, rows)  # unknown rows fail here, before anything runs
-    runs = Path(os.environ.get("CMPC_RUNS_DIR", "runs"))
+    given = [o.partition("=")[2] for o in overrides if o.startswith("paths.runs=")]
+    runs = Path(given[-1] if given else os.environ.get("CMPC_RUNS_DIR", "runs"))  # train.yaml's paths.runs
     sweep = Path(own["dir"]) if "dir" in own else runs / "ablate" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_table{tbl.number}_{dataset}"
     manifest = {"table": tbl.number, "dataset": dataset, "rows": rows,
                 "overrides": overrides if overrides else stored.get("overrides", [])}

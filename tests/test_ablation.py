@@ -128,6 +128,9 @@ def test_ablate_arguments_are_checked_before_anything_runs(tmp_path):
     assert path == sweep.resolve() and manifest == {"table": 8, "dataset": "unc", "rows": None,
                                                     "overrides": ["hydra/launcher=joblib"]}
     assert ablate.pending(sweep, manifest) == ["table8_n3"]  # the failed row waits for a re-run of ablate.py
+    path, manifest = ablate.plan({"table": "10", "dataset": "gref"}, [f"paths.runs={tmp_path / 'runs'}"])
+    assert path.parent == (tmp_path / "runs" / "ablate").resolve() and path.name.endswith("_table10_gref")
+    assert manifest["rows"] is None and manifest["overrides"] == [f"paths.runs={tmp_path / 'runs'}"]
 
 
 TINY_RUN = [

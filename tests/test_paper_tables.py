@@ -242,3 +242,12 @@ def test_convlstm_peepholes_follow_the_released_cell():
 
     assert torch.allclose(peep(seq), reference(seq), atol=1e-6)
     assert not torch.allclose(peep(seq), plain(seq), atol=1e-3)
+
+
+def test_reproduction_doc_maps_every_row_to_its_config_and_number():
+    text = Path(CONFIG_DIR, "..", "docs", "reproduction.md").read_text()
+    for r in paper_tables.rows():
+        line = next((l for l in text.splitlines() if l.startswith(f"| {r.table} / {r.row} | `{r.experiment}` |")), None)
+        assert line is not None, f"docs/reproduction.md has no line for {r.label}"
+        first = next(iter(r.paper.values()))
+        assert f"oIoU {first['oIoU']:.2f}" in line, r.label
