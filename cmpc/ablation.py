@@ -125,9 +125,9 @@ def render(tbl: PaperTable, jobs: list[Job], dataset: str) -> str:
     """The markdown table: switches with check marks, ours beside the paper's, a row per job whatever its status."""
     wheres = {j.where for j in jobs if j.status == "done"}
     where = wheres.pop() if len(wheres) == 1 else f"{dataset}/?"
-    first_paper = next(iter(tbl.rows[0].paper))
-    compare = where in tbl.rows[0].paper  # the paper measured this dataset and split: show differences
-    ref = where if compare else first_paper
+    measured = list(tbl.rows[0].paper)
+    compare = where in measured  # the paper measured this dataset and split: show differences
+    ref = where if compare else next((k for k in measured if k.startswith(f"{dataset}/")), measured[0])
     main = "mAP" if "mAP" in tbl.metrics else "oIoU"
     first = next((j for j in jobs if j.row is tbl.rows[0]), None)
 
