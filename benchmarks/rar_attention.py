@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pycocotools.coco import COCO
 
 from cmpc.cli import friendly_errors
 from cmpc.data import build_dataset
 from cmpc.data.base import collate
 from cmpc.data.synthetic import Expression, load_image_scenes, parse_expression, relation_subkind, resolve
+from cmpc.explain import capture_reasoning, cell_cover, outgoing_attention, reasoning_graphs
 
 from common import load_run, run_parser
 
@@ -44,15 +44,9 @@ def object_roles(scene, expr, target_oid):
     return [target_oid], twins, landmarks
 
 
-def cell_cover(masks: list[torch.Tensor], size) -> torch.Tensor:
-    """Fraction of each feature cell covered by the union of ``masks`` (input-frame masks), ``[h * w]``."""
-    union = torch.stack(masks).amax(dim=0)[None, None].float()
-    return F.adaptive_avg_pool2d(union, size).flatten()
-
-
 def edge_mass(adjacency: torch.Tensor, source: torch.Tensor, sink: torch.Tensor) -> float:
     """Edge mass from the ``source`` cells onto the ``sink`` cells over the uniform edge's (1.0 = no preference)."""
-    rows = source @ adjacency / source.sum()  # mean outgoing row of the source cells, [N]
+    rows = outgoing_attention(adjacency, source)  # mean outgoing row of the source cells, [N]
     return float((rows @ sink) / (sink.sum() / sink.numel()))
 
 
@@ -67,51 +61,41 @@ def main() -> None:
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco = COCO(str(Path(cfg.dataset.root) / "synthetic" / "instances.json"))
 
-    captured = {}
-    levels = list(zip(cfg.model.levels, model.levels))
-    for name, level in levels:
-        if level.reasoning is not None:
-            level.reasoning.register_forward_pre_hook(lambda m, args, name=name: captured.__setitem__(name, args))
-
     mass = defaultdict(list)  # (level, "target" | "twin" | "ceiling") -> edge mass ratios
     picks, chance, route = [], [], defaultdict(list)
-    for index in range(len(dataset)):
-        sample = dataset[index]
-        meta = sample["meta"]
-        if meta["kind"] != "relation":
-            continue
-        scene, expr = scenes[meta["image_id"]], parse_expression(meta["sentence"])
-        if a.subkind != "all" and relation_subkind(scene, expr) != a.subkind:
-            continue
-        roles = object_roles(scene, expr, meta["ann_id"])
-        masks = {oid: dataset.letterbox.mask(coco.annToMask(coco.anns[oid]).astype(bool))
-                 for oids in roles for oid in oids}
-        batch = collate([sample])
-        with torch.no_grad():
-            out = model(batch["image"].to(device), batch["words"].to(device))
-        logits = out["logits"][0, 0].cpu()
-        cover = {oid: cell_cover([m], logits.shape) for oid, m in masks.items()}
-        score = {oid: float((c @ logits.flatten()) / c.sum()) for oid, c in cover.items()}
-        target, twins, landmarks = roles
-        picks.append(all(score[target[0]] > score[t] for t in twins))
-        chance.append(1 / (1 + len(twins)))
-        probs = out["word_probs"]
-        if probs is not None:
-            rel = probs[0, :, model.classifier.types.index("relation")].tolist()
-            for token, p in zip(batch["words"][0].tolist(), rel):
-                if token != 0:  # padding
-                    route[vocab.words[token]].append(p)
-        for name, level in levels:
-            if name not in captured:
+    with capture_reasoning(model) as captured:
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            meta = sample["meta"]
+            if meta["kind"] != "relation":
                 continue
-            args = captured.pop(name)
-            grid = args[0].shape[-2:]  # the multimodal map's H x W
+            scene, expr = scenes[meta["image_id"]], parse_expression(meta["sentence"])
+            if a.subkind != "all" and relation_subkind(scene, expr) != a.subkind:
+                continue
+            roles = object_roles(scene, expr, meta["ann_id"])
+            masks = {oid: dataset.letterbox.mask(coco.annToMask(coco.anns[oid]).astype(bool))
+                     for oids in roles for oid in oids}
+            batch = collate([sample])
             with torch.no_grad():
-                adjacency = level.reasoning.adjacency(*args)[0].cpu()
-            sink = cell_cover([masks[o] for o in landmarks], grid)
-            mass[(name, "target")].append(edge_mass(adjacency, cell_cover([masks[target[0]]], grid), sink))
-            mass[(name, "twin")].append(edge_mass(adjacency, cell_cover([masks[o] for o in twins], grid), sink))
-            mass[(name, "ceiling")].append(float(sink.numel() / sink.sum()))  # every edge on the landmark
+                out = model(batch["image"].to(device), batch["words"].to(device))
+            logits = out["logits"][0, 0].cpu()
+            cover = {oid: cell_cover([m], logits.shape) for oid, m in masks.items()}
+            score = {oid: float((c @ logits.flatten()) / c.sum()) for oid, c in cover.items()}
+            target, twins, landmarks = roles
+            picks.append(all(score[target[0]] > score[t] for t in twins))
+            chance.append(1 / (1 + len(twins)))
+            probs = out["word_probs"]
+            if probs is not None:
+                rel = probs[0, :, model.classifier.types.index("relation")].tolist()
+                for token, p in zip(batch["words"][0].tolist(), rel):
+                    if token != 0:  # padding
+                        route[vocab.words[token]].append(p)
+            for name, (adjacency, grid) in reasoning_graphs(model, captured).items():  # grid: the multimodal map's h x w
+                adjacency = adjacency[0]
+                sink = cell_cover([masks[o] for o in landmarks], grid)
+                mass[(name, "target")].append(edge_mass(adjacency, cell_cover([masks[target[0]]], grid), sink))
+                mass[(name, "twin")].append(edge_mass(adjacency, cell_cover([masks[o] for o in twins], grid), sink))
+                mass[(name, "ceiling")].append(float(sink.numel() / sink.sum()))  # every edge on the landmark
 
     report = {"expressions": len(picks), "target_above_twins": round(float(np.mean(picks)), 3) if picks else None,
               "chance": round(float(np.mean(chance)), 3) if picks else None}

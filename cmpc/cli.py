@@ -45,5 +45,5 @@ def failure_note(run_dir, name: str = "error.txt"):
 
 
 def quiet_third_party_logs() -> None:
-    for name in ("matplotlib", "PIL", "h5py"):
+    for name in ("matplotlib", "PIL", "h5py", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -9,42 +9,17 @@ Videos (a CMPC-V checkpoint): every frame is the centre of its own clip; writes 
 
 from pathlib import Path
 
-import cv2
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
 from cmpc.cli import friendly_errors, quiet_third_party_logs
 from cmpc.data import Letterbox
-from cmpc.data.base import read_image, resolve_offsets
+from cmpc.data.base import read_image, read_video, resolve_offsets
 from cmpc.engine.builders import load_trained, newest_checkpoint
 from cmpc.engine.distributed import resolve_device
 from cmpc.engine.video import segment_frames
 from cmpc.errors import ConfigError, DatasetError
 from cmpc.viz import overlay, save_png, write_gif
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
-
-def read_video(path: Path) -> list:
-    """RGB frames of a video file (OpenCV) or of a folder of images (sorted by name)."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DatasetError(f"no image files in {path}; give a video file or a folder of frames")
-        return [read_image(p) for p in files]
-    if not path.is_file():
-        raise DatasetError(f"video {path} does not exist")
-    capture, frames = cv2.VideoCapture(str(path)), []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    capture.release()
-    if not frames:
-        raise DatasetError(f"cannot decode any frame of {path}; convert it to mp4 (H.264) or extract the frames")
-    return frames
-
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
 @friendly_errors

@@ -101,6 +101,35 @@ def read_image(path: str | os.PathLike, *, upright: bool = False) -> np.ndarray:
                            f"re-download or re-extract it") from e
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def read_video(path: str | os.PathLike) -> list[np.ndarray]:
+    """RGB uint8 frames of a video file (OpenCV) or of a folder of images (sorted by name, EXIF orientation
+    applied as for any user input). Raises :class:`DatasetError` for a missing path, an empty folder or an
+    undecodable video."""
+    import cv2
+
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DatasetError(f"no image files in {path}; give a video file or a folder of frames")
+        return [read_image(p, upright=True) for p in files]
+    if not path.is_file():
+        raise DatasetError(f"video {path} does not exist")
+    capture, frames = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    capture.release()
+    if not frames:
+        raise DatasetError(f"cannot decode any frame of {path}; convert it to mp4 (H.264) or extract the frames")
+    return frames
+
+
 def clip_indices(center: int, n: int, offsets: Sequence[int]) -> list[int]:
     """0-based frame indices ``center + offset`` clamped to ``[0, n-1]`` (official CMPC-V clamping)."""
     return [min(max(center + int(o), 0), n - 1) for o in offsets]
