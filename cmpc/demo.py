@@ -119,10 +119,12 @@ def read_clip(paths: Sequence[str | os.PathLike]) -> list[np.ndarray]:
     if not paths:
         raise DatasetError("no video: upload a video file or the frames of one")
     if len(paths) == 1:
-        return read_video(paths[0]) if paths[0].suffix.lower() not in IMAGE_SUFFIXES else [read_image(paths[0], upright=True)]
+        single = paths[0]
+        return [read_image(single, upright=True)] if single.suffix.lower() in IMAGE_SUFFIXES else read_video(single)
     others = [p.name for p in paths if p.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
-        raise DatasetError(f"{others[0]} is not an image; upload one video file or several frames ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise DatasetError(f"{others[0]} is not an image; upload one video file or several frames ({kinds})")
     frames = [read_image(p, upright=True) for p in sorted(paths, key=lambda p: p.name)]
     if len({f.shape for f in frames}) > 1:
         raise DatasetError("the frames differ in size; upload the frames of one video")

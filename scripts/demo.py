@@ -8,7 +8,6 @@ The page binds to ``demo.host`` (127.0.0.1: this machine only). Needs Gradio: ``
 What the page computes lives in :mod:`cmpc.demo`; this file only lays it out.
 """
 
-import logging
 import os
 import tempfile
 from pathlib import Path
@@ -22,8 +21,18 @@ from cmpc.engine.distributed import resolve_device
 from cmpc.errors import CmpcError, ConfigError
 from cmpc.models.language import IMAGE_WORD_TYPES
 
-log = logging.getLogger("demo")
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the page works offline
+
+
+def for_display(picture, side: int = 384):
+    """Small pictures (the synthetic scenes are 128 px) enlarged by a whole factor, nearest neighbour, so that the
+    page shows them at a readable size; the computation never sees this."""
+    import cv2
+
+    if picture is None:
+        return None
+    factor = max(1, side // max(picture.shape[:2]))
+    return picture if factor == 1 else cv2.resize(picture, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
 
 
 def payload_path(payload):
@@ -55,7 +64,7 @@ def build_app(session: Session, checkpoint: str, examples: int, max_frames: int,
     import gradio as gr
 
     dm = session.model
-    image_size = int(dm.config.dataset.generate.get("image_size", 128)) if dm and "generate" in dm.config.dataset else 128
+    image_size = int(dm.config.dataset.get("generate", {}).get("image_size", 128)) if dm else 128
     with gr.Blocks(title="CMPC demo") as app:
         gr.Markdown("## CMPC: referring segmentation\nUpload a picture, type what to segment, press **Segment**.")
         with gr.Row():
@@ -80,16 +89,17 @@ def build_app(session: Session, checkpoint: str, examples: int, max_frames: int,
                     shown = gr.Image(label="mask", interactive=False, height=320, elem_id="overlay")
                     status = gr.Textbox(label="status", interactive=False, elem_id="status")
             with gr.Row():
-                chart = gr.Image(label="word types (eq. 1; * = not in the vocabulary)", interactive=False, elem_id="word-types")
+                chart = gr.Image(label="word types (eq. 1; * = not in the vocabulary)", interactive=False,
+                                 elem_id="word-types")
                 table = gr.Dataframe(label="word-type probabilities", interactive=False, elem_id="word-table")
             attention = gr.Gallery(label="RAR: where the referent sends its edges (eq. 9, figure 9)", columns=3,
                                    elem_id="attention")
 
             def segment(payload, text, refine):
-                *outputs, rows, pictures, line = image_page(session.model, payload_path(payload), text, refine)
+                masked, chart, rows, pictures, line = image_page(session.model, payload_path(payload), text, refine)
                 types = session.model.word_types if session.model else IMAGE_WORD_TYPES
-                return (*outputs, {"headers": ["word", *types], "data": rows or [["", *[""] * len(types)]]},
-                        pictures, line)
+                table = {"headers": ["word", *types], "data": rows or [["", *[""] * len(types)]]}
+                return for_display(masked), chart, table, [(for_display(p), c) for p, c in pictures], line
 
             # unprocessed inputs: an unreadable upload reaches cmpc.demo, which answers with one status line
             run.click(segment, inputs=[image, sentence, crf], outputs=[shown, chart, table, attention, status],
@@ -107,7 +117,8 @@ def build_app(session: Session, checkpoint: str, examples: int, max_frames: int,
                         pairs = synthetic_examples(work_dir / "examples", examples, video=True, image_size=image_size)
                         gr.Examples([[[p], s] for p, s in pairs], inputs=[clip, clip_sentence], label="synthetic clips")
                 with gr.Column():
-                    gif = gr.Image(type="filepath", label="overlay (GIF)", interactive=False, height=320, elem_id="clip-overlay")
+                    gif = gr.Image(type="filepath", label="overlay (GIF)", interactive=False, height=320,
+                                   elem_id="clip-overlay")
                     clip_chart = gr.Image(label="word types (eq. 1; * = not in the vocabulary)", interactive=False)
                     clip_status = gr.Textbox(label="status", interactive=False, elem_id="clip-status")
 

@@ -18,7 +18,7 @@ from cmpc.data.base import read_image, read_video, resolve_offsets
 from cmpc.engine.builders import load_trained, newest_checkpoint
 from cmpc.engine.distributed import resolve_device
 from cmpc.engine.video import segment_frames
-from cmpc.errors import ConfigError, DatasetError
+from cmpc.errors import ConfigError
 from cmpc.viz import overlay, save_png, write_gif
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
@@ -36,7 +36,7 @@ def main(cfg) -> None:
     source = Path(cfg.image if cfg.image is not None else cfg.video)
     out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir) / f"{source.stem}_cmpc"
     out.parent.mkdir(parents=True, exist_ok=True)
-    frames = [read_image(source)] if cfg.image is not None else read_video(source)
+    frames = [read_image(source, upright=True)] if cfg.image is not None else read_video(source)
     tensors = [(letterbox.image(f), f.shape[:2]) for f in frames]
     offsets = resolve_offsets(ds.num_frames, ds.get("frame_offsets"), ds.get("frame_stride", 1)) if cfg.video else [0]
     masks = segment_frames(model, tensors.__getitem__, len(frames), offsets, words, letterbox, device)

@@ -109,6 +109,12 @@ def main(argv: list[str]) -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+    from PIL import Image
+
+    with Image.open(out) as shot:  # 128 colours keep the README's picture small
+        small = shot.convert("RGB").quantize(colors=128)
+    small.save(out, optimize=True)
+    print(f"wrote {out} ({Path(out).stat().st_size // 1024} KB)")
 
 
 if __name__ == "__main__":
