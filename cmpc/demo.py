@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "AttentionMap", "DemoModel", "ImageResult", "SentenceWords", "VideoResult", "as_rgb", "attention_pictures",
-    "clip_page", "image_page", "load_demo_model", "read_clip", "segment_clip", "segment_image",
+    "clip_page", "enlarged", "image_page", "load_demo_model", "read_clip", "segment_clip", "segment_image",
     "synthetic_examples", "word_type_chart", "word_type_rows",
 ]
 
@@ -267,6 +267,18 @@ def attention_pictures(result: ImageResult, alpha: float = 0.55) -> list[tuple[n
     return pictures
 
 
+def enlarged(picture: np.ndarray | None, side: int = 384) -> np.ndarray | None:
+    """``picture`` enlarged by the whole factor that brings its longer side closest to ``side`` from below
+    (nearest neighbour; never shrunk), so that small pictures (the synthetic scenes are 128 px) are readable on
+    the page. For display only: nothing is computed on it."""
+    import cv2
+
+    if picture is None:
+        return None
+    factor = max(1, side // max(picture.shape[:2]))
+    return picture if factor == 1 else cv2.resize(picture, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+
+
 # -- clips -------------------------------------------------------------------------------------------------
 @dataclass
 class VideoResult:
@@ -326,14 +338,14 @@ def image_page(dm: DemoModel | None, image: Any, sentence: str, crf: bool = Fals
 def clip_page(dm: DemoModel | None, paths: Sequence[str | os.PathLike], sentence: str, out_dir: str | os.PathLike,
               *, fps: float = 4, max_frames: int = 120):
     """The video tab's outputs ``(GIF path, word-type chart, status line)``: the overlays written as a GIF in
-    ``out_dir``; any failure gives ``None``s and an ``error:`` status line."""
+    ``out_dir`` (small frames :func:`enlarged`); any failure gives ``None``s and an ``error:`` status line."""
     try:
         if dm is None:
             raise DatasetError("no checkpoint loaded: start the demo with checkpoint=PATH (a .pt written by train.py)")
         r = segment_clip(dm, read_clip(paths), sentence, max_frames=max_frames)
         fd, gif = tempfile.mkstemp(suffix=".gif", prefix="cmpc_clip_", dir=out_dir)
         os.close(fd)
-        write_gif(gif, r.overlays, fps=fps)
+        write_gif(gif, [enlarged(o) for o in r.overlays], fps=fps)
     except Exception as err:
         return None, None, _status(err)
     note = "" if dm.video else " (an image checkpoint: every frame segmented alone)"

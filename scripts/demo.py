@@ -15,24 +15,13 @@ from pathlib import Path
 import hydra
 
 from cmpc.cli import friendly_errors, quiet_third_party_logs
-from cmpc.demo import clip_page, image_page, load_demo_model, synthetic_examples
+from cmpc.demo import clip_page, enlarged, image_page, load_demo_model, synthetic_examples
 from cmpc.engine.builders import newest_checkpoint
 from cmpc.engine.distributed import resolve_device
 from cmpc.errors import CmpcError, ConfigError
 from cmpc.models.language import IMAGE_WORD_TYPES
 
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the page works offline
-
-
-def for_display(picture, side: int = 384):
-    """Small pictures (the synthetic scenes are 128 px) enlarged by a whole factor, nearest neighbour, so that the
-    page shows them at a readable size; the computation never sees this."""
-    import cv2
-
-    if picture is None:
-        return None
-    factor = max(1, side // max(picture.shape[:2]))
-    return picture if factor == 1 else cv2.resize(picture, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
 
 
 def payload_path(payload):
@@ -99,7 +88,7 @@ def build_app(session: Session, checkpoint: str, examples: int, max_frames: int,
                 masked, chart, rows, pictures, line = image_page(session.model, payload_path(payload), text, refine)
                 types = session.model.word_types if session.model else IMAGE_WORD_TYPES
                 table = {"headers": ["word", *types], "data": rows or [["", *[""] * len(types)]]}
-                return for_display(masked), chart, table, [(for_display(p), c) for p, c in pictures], line
+                return enlarged(masked), chart, table, [(enlarged(p), c) for p, c in pictures], line
 
             # unprocessed inputs: an unreadable upload reaches cmpc.demo, which answers with one status line
             run.click(segment, inputs=[image, sentence, crf], outputs=[shown, chart, table, attention, status],

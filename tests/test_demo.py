@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cmpc.demo import (as_rgb, attention_pictures, clip_page, image_page, load_demo_model, read_clip, segment_image,
-                       synthetic_examples, word_type_chart, word_type_rows)
+from cmpc.demo import (as_rgb, attention_pictures, clip_page, enlarged, image_page, load_demo_model, read_clip,
+                       segment_image, synthetic_examples, word_type_chart, word_type_rows)
 from cmpc.explain import capture_reasoning, outgoing_attention, reasoning_graphs
 
 from demo_fixtures import tiny_checkpoint
@@ -165,13 +165,21 @@ def test_a_clip_becomes_an_overlay_gif_frame_by_frame(video_dm, tmp_path):
     gif, chart, status = clip_page(video_dm, files, "the red ball moving left", tmp_path)
     assert status.startswith("segmented 4 frames"), status
     with Image.open(gif) as im:
-        assert im.size == (32, 24) and im.n_frames == 4
+        assert im.size == (12 * 32, 12 * 24) and im.n_frames == 4  # enlarged 12 times for the page
     assert chart is not None
     *_, too_long = clip_page(video_dm, files, "the ball", tmp_path, max_frames=3)
     assert too_long.startswith("error: the clip has 4 frames") and "demo.max_frames" in too_long
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(folder / "00009.png")
     *_, mixed = clip_page(video_dm, sorted(folder.iterdir()), "the ball", tmp_path)
     assert mixed == "error: the frames differ in size; upload the frames of one video"
+
+
+def test_pictures_are_enlarged_by_whole_factors_for_the_page_only():
+    small = picture(20, 30)
+    big = enlarged(small, side=100)  # 100 // 30 = 3
+    assert big.shape == (60, 90, 3) and np.array_equal(big[::3, ::3], small)
+    assert enlarged(picture(200, 120)) is not None and enlarged(picture(400, 10)).shape == (400, 10, 3)
+    assert enlarged(None) is None
 
 
 def test_synthetic_examples_are_readable_scenes_with_sentences(tmp_path):
