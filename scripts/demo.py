@@ -143,8 +143,12 @@ def main(cfg) -> None:
                     work_dir)
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])
     print(f"CMPC demo on http://{cfg.demo.host}:{cfg.demo.port or 7860} (Ctrl+C to stop)", flush=True)
-    app.launch(server_name=str(cfg.demo.host), server_port=cfg.demo.port, share=False, ssr_mode=False,
-               allowed_paths=[str(work_dir)], theme=theme, quiet=True, show_error=True)
+    try:
+        app.launch(server_name=str(cfg.demo.host), server_port=cfg.demo.port, share=False, ssr_mode=False,
+                   allowed_paths=[str(work_dir)], theme=theme, quiet=True, show_error=True)
+    except OSError as err:  # the port is taken, or the host is not an address of this machine
+        raise ConfigError(f"cannot serve on {cfg.demo.host}:{cfg.demo.port or '7860-7959'} ({err}); "
+                          f"pick another demo.port or demo.host") from err
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The web demo: what cmpc.demo computes from a tiny checkpoint, and the page itself in a real browser."""
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from cmpc.demo import (as_rgb, attention_pictures, clip_page, enlarged, image_pa
                        segment_image, synthetic_examples, word_type_chart, word_type_rows)
 from cmpc.explain import capture_reasoning, outgoing_attention, reasoning_graphs
 
+from conftest import ROOT
 from demo_fixtures import tiny_checkpoint
 
 
@@ -210,10 +213,15 @@ def test_the_page_segments_an_upload_in_a_real_browser(image_ckpt, tmp_path):
     process = start_demo(image_ckpt, tmp_path, port, "demo.examples=1")
     try:
         wait_until_serving(f"http://127.0.0.1:{port}/", process)
+        taken = subprocess.run([sys.executable, "scripts/demo.py", f"checkpoint={image_ckpt}", f"demo.port={port}",
+                                "demo.examples=0", f"paths.runs={tmp_path / 'runs'}"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=120)
         seen = segment_in_browser(f"http://127.0.0.1:{port}/", image, "the red zebra", tmp_path / "page.png")
     finally:
         process.terminate()
         process.wait(timeout=30)
+    assert taken.returncode == 2, taken.stderr[-2000:]
+    assert taken.stderr.splitlines()[-1].startswith(f"error: cannot serve on 127.0.0.1:{port}")
     log = (tmp_path / "demo.log").read_text()
     assert seen["model"].startswith(f"loaded {image_ckpt}"), log
     assert seen["empty"] == "error: no image: upload a picture (or pick an example) first"
