@@ -95,9 +95,13 @@ def test_an_attention_map_puts_the_edge_mass_where_the_graph_sends_it(dm):
     assert all("x uniform" in caption for _, caption in pictures)
 
 
-def test_without_rar_there_is_no_attention_map(tmp_path):
+def test_without_rar_there_is_no_attention_map_and_without_a_classifier_no_word_types(tmp_path):
     dm = load_demo_model(tiny_checkpoint(tmp_path / "no_rar.pt", extra=["model.relation_aware_reasoning=false"]))
     assert segment_image(dm, picture(32, 32), "the circle").attention == []
+    baseline = load_demo_model(tiny_checkpoint(tmp_path / "baseline.pt", extra=["model=baseline"]))
+    overlay, chart, rows, pictures, status = image_page(baseline, picture(32, 32), "the circle")
+    assert overlay.shape == (32, 32, 3) and (chart, rows, pictures) == (None, [], [])
+    assert not status.startswith("error"), status
 
 
 def test_the_picture_is_the_one_a_viewer_shows(dm, tmp_path):
