@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "AttentionMap", "DemoModel", "ImageResult", "SentenceWords", "VideoResult", "as_rgb", "attention_pictures",
-    "clip_page", "enlarged", "image_page", "load_demo_model", "read_clip", "segment_clip", "segment_image",
-    "synthetic_examples", "word_type_chart", "word_type_rows",
+    "clip_page", "enlarged", "error_line", "image_page", "load_demo_model", "read_clip", "segment_clip",
+    "segment_image", "synthetic_examples", "word_type_chart", "word_type_rows",
 ]
 
 
@@ -312,11 +312,14 @@ def segment_clip(dm: DemoModel, frames: Sequence[np.ndarray], sentence: str, *, 
 
 
 # -- the page's handlers -----------------------------------------------------------------------------------
-def _status(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
+    """The one line the page shows for a failed request: ``error: <message>`` for bad input (a
+    :class:`~cmpc.errors.CmpcError`); anything else is logged with its traceback and summarised."""
+    message = " ".join(str(err).split())  # one line, whatever the exception carried
     if isinstance(err, CmpcError):
-        return f"error: {err}"
+        return f"error: {message}"
     log.exception("demo request failed")  # the server log keeps the traceback; the page gets one line
-    return f"error: the model failed on this input ({type(err).__name__}: {err})"
+    return f"error: the model failed on this input ({type(err).__name__}: {message})"
 
 
 def image_page(dm: DemoModel | None, image: Any, sentence: str, crf: bool = False):
@@ -327,7 +330,7 @@ def image_page(dm: DemoModel | None, image: Any, sentence: str, crf: bool = Fals
             raise DatasetError("no checkpoint loaded: start the demo with checkpoint=PATH (a .pt written by train.py)")
         r = segment_image(dm, image, sentence, crf)
     except Exception as err:  # the server keeps serving; the page shows one line
-        return None, None, [], [], _status(err)
+        return None, None, [], [], error_line(err)
     share = 100 * float(r.mask.mean()) if r.mask.size else 0.0
     status = (f"{int(r.mask.sum())} pixels ({share:.1f}%) selected{' after DenseCRF' if crf else ''}; "
               f"{len(r.words.words)} words, {r.words.known.count(False)} unknown")
@@ -347,7 +350,7 @@ def clip_page(dm: DemoModel | None, paths: Sequence[str | os.PathLike], sentence
         os.close(fd)
         write_gif(gif, [enlarged(o) for o in r.overlays], fps=fps)
     except Exception as err:
-        return None, None, _status(err)
+        return None, None, error_line(err)
     note = "" if dm.video else " (an image checkpoint: every frame segmented alone)"
     return gif, word_type_chart(r.words), f"segmented {len(r.frames)} frames{note}"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import hydra
 
 from cmpc.cli import friendly_errors, quiet_third_party_logs
-from cmpc.demo import clip_page, enlarged, image_page, load_demo_model, synthetic_examples
+from cmpc.demo import clip_page, enlarged, error_line, image_page, load_demo_model, synthetic_examples
 from cmpc.engine.builders import newest_checkpoint
 from cmpc.engine.distributed import resolve_device
 from cmpc.errors import CmpcError, ConfigError
@@ -43,9 +43,9 @@ class Session:
                 raise ConfigError("no checkpoint given: type the path of a .pt written by train.py")
             self.model, self.error = load_demo_model(Path(str(path).strip()), self.device), None
             return f"loaded {self.model.describe()}"
-        except CmpcError as err:
+        except Exception as err:  # a foreign or damaged file: the page says so and keeps serving
             kept = f" (still using {self.model.path})" if self.model is not None else ""
-            self.error = f"error: {err}{kept}"
+            self.error = f"{error_line(err)}{kept}"
             return self.error
 
 

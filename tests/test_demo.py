@@ -149,6 +149,15 @@ def test_bad_input_gives_one_error_line_and_no_pictures(dm, tmp_path):
         assert outputs[:2] == [None, None] and outputs[2:] == [[], []]
 
 
+def test_a_model_failure_is_one_line_too_and_the_traceback_goes_to_the_log(dm, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom\nsecond line")
+    dm.model.forward = broken
+    *outputs, status = image_page(dm, picture(8, 8), "the circle")
+    assert status == "error: the model failed on this input (RuntimeError: boom second line)"
+    assert "Traceback" in caplog.text and outputs[0] is None
+
+
 def test_densecrf_refines_the_mask_when_asked(dm):
     constant_head(dm, 5.0)  # p = 0.993 everywhere: the unary term keeps every pixel
     overlay, chart, rows, pictures, status = image_page(dm, picture(40, 60), "the circle", crf=True)
