@@ -9,6 +9,7 @@ What the page computes lives in :mod:`cmpc.demo`; this file only lays it out.
 """
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -138,18 +139,22 @@ def main(cfg) -> None:
         session.load(path)
     if session.error:
         print(session.error)
-    work_dir = Path(tempfile.mkdtemp(prefix="cmpc_demo_"))
-    app = build_app(session, str(path or ""), int(cfg.demo.examples), int(cfg.demo.max_frames), float(cfg.demo.fps),
-                    work_dir)
-    theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])
-    print(f"CMPC demo on http://{cfg.demo.host}:{cfg.demo.port or 7860} (Ctrl+C to stop)", flush=True)
+    work_dir = Path(tempfile.mkdtemp(prefix="cmpc_demo_"))  # examples and GIFs; removed when the demo stops
     try:
-        app.launch(server_name=str(cfg.demo.host), server_port=cfg.demo.port, share=False, ssr_mode=False,
-                   allowed_paths=[str(work_dir)], theme=theme, quiet=True, show_error=True)
-    except OSError as err:  # the port is taken, or the host is not an address of this machine
-        raise ConfigError(f"cannot serve on {cfg.demo.host}:{cfg.demo.port or '7860-7959'} ({err}); "
-                          f"pick another demo.port or demo.host") from err
-
+        app = build_app(session, str(path or ""), int(cfg.demo.examples), int(cfg.demo.max_frames),
+                        float(cfg.demo.fps), work_dir)
+        theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])
+        try:
+            app.launch(server_name=str(cfg.demo.host), server_port=cfg.demo.port, share=False, ssr_mode=False,
+                       allowed_paths=[str(work_dir)], theme=theme, quiet=True, show_error=True,
+                       prevent_thread_lock=True)
+        except OSError as err:  # the port is taken, or the host is not an address of this machine
+            raise ConfigError(f"cannot serve on {cfg.demo.host}:{cfg.demo.port or '7860-7959'} ({err}); "
+                              f"pick another demo.port or demo.host") from err
+        print(f"CMPC demo on {app.local_url} (Ctrl+C to stop)", flush=True)
+        app.block_thread()
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -36,14 +37,26 @@ def free_port() -> int:
 
 
 def start_demo(checkpoint, work_dir: Path, port: int, *extra: str) -> subprocess.Popen:
-    """Start ``scripts/demo.py`` on 127.0.0.1:``port``; its output goes to ``work_dir/demo.log``."""
+    """Start ``scripts/demo.py`` on 127.0.0.1:``port``; its output goes to ``work_dir/demo.log``, its temporary
+    files under ``work_dir/tmp``."""
     log = open(work_dir / "demo.log", "w")
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    (work_dir / "tmp").mkdir(exist_ok=True)
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", "TMPDIR": str(work_dir / "tmp")}
     return subprocess.Popen(
         [sys.executable, "scripts/demo.py", f"checkpoint={checkpoint}", f"demo.port={port}",
          f"paths.runs={work_dir / 'runs'}", *extra],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
+
+
+def stop_demo(process: subprocess.Popen) -> None:
+    """Ctrl+C, as a person stops it (the demo then removes its work folder); killed if it hangs."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
@@ -107,8 +120,7 @@ def main(argv: list[str]) -> None:
         wait_until_serving(f"http://127.0.0.1:{port}/", process)
         print(segment_in_browser(f"http://127.0.0.1:{port}/", Path(image).resolve(), sentence, Path(out).resolve()))
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_demo(process)
     from PIL import Image
 
     with Image.open(out) as shot:  # 128 colours keep the README's picture small

@@ -218,7 +218,7 @@ def _browser_missing() -> str | None:
 
 @pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
 def test_the_page_segments_an_upload_in_a_real_browser(image_ckpt, tmp_path):
-    from demo_browser import free_port, segment_in_browser, start_demo, wait_until_serving
+    from demo_browser import free_port, segment_in_browser, start_demo, stop_demo, wait_until_serving
 
     image = tmp_path / "upload.png"
     Image.fromarray(picture(48, 64)).save(image)
@@ -226,13 +226,13 @@ def test_the_page_segments_an_upload_in_a_real_browser(image_ckpt, tmp_path):
     process = start_demo(image_ckpt, tmp_path, port, "demo.examples=1")
     try:
         wait_until_serving(f"http://127.0.0.1:{port}/", process)
+        assert len(list((tmp_path / "tmp").glob("cmpc_demo_*"))) == 1  # examples and GIFs live here while it runs
         taken = subprocess.run([sys.executable, "scripts/demo.py", f"checkpoint={image_ckpt}", f"demo.port={port}",
                                 "demo.examples=0", f"paths.runs={tmp_path / 'runs'}"], cwd=ROOT, capture_output=True,
                                text=True, timeout=120)
         seen = segment_in_browser(f"http://127.0.0.1:{port}/", image, "the red zebra", tmp_path / "page.png")
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_demo(process)
     assert taken.returncode == 2, taken.stderr[-2000:]
     assert taken.stderr.splitlines()[-1].startswith(f"error: cannot serve on 127.0.0.1:{port}")
     log = (tmp_path / "demo.log").read_text()
@@ -242,3 +242,4 @@ def test_the_page_segments_an_upload_in_a_real_browser(image_ckpt, tmp_path):
     assert "zebra*" in seen["table"]
     assert Path(tmp_path / "page.png").stat().st_size > 10_000
     assert "Traceback" not in log, log
+    assert process.returncode == 0 and not list((tmp_path / "tmp").glob("cmpc_demo_*"))  # Ctrl+C cleans up
