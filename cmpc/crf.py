@@ -1,4 +1,4 @@
-"""DenseCRF refinement of a foreground-probability map, the official CMPC protocol (REFERENCE.md 1.4).
+"""DenseCRF refinement of a foreground-probability map, the official CMPC protocol (docs/reference.md 1.4).
 
 The official test code (``trainval_model.py:test``) refines the sigmoid map of the 320 x 320 padded input
 with ``pydensecrf``: two labels, unary energies ``[-log(1 - p), -log(p)]`` (background, foreground),

@@ -1,6 +1,6 @@
 """Referring-segmentation metrics: the CMPC image/A2D protocol, optional COCO segm AP, and DAVIS J&F.
 
-Protocols implemented (see ``REFERENCE.md`` sections 1.4, 1.6, 2.9 and 2.10):
+Protocols implemented (see ``docs/reference.md`` sections 1.4, 1.6, 2.1 and 2.2):
 
 * **CMPC / A2D (``RefSegMetrics``)** -- one sample per (sentence, object) pair, compared at whatever
   resolution the caller passes (CMPC: the original image size).  Per sample the intersection ``I`` and

@@ -26,7 +26,7 @@ from cmpc.data import build_dataset, build_glove, build_vocab, dataset_class, vo
 from cmpc.data.base import ReferringDataset
 from cmpc.errors import CmpcError
 
-# Published counts of the full datasets (papers, refer API demo, CRIS per-split ref counts, REFERENCE.md 1.5).
+# Published counts of the full datasets (papers, refer API demo, CRIS per-split ref counts: docs/reference.md 3a, 1.5).
 EXPECTED = {
     "unc": {"all": "142,209 expressions / 50,000 objects / 19,994 images",
             "train": "120,624 expressions / 42,404 objects / 16,994 images",

@@ -5,7 +5,7 @@ Each ``make_*_fixture(root)`` writes one dataset under ``root`` and returns the 
 ``input_size`` so that models run fast. The ground truth drawn by each builder is described by the module-level
 constants, so tests can compare loaded masks with what was drawn.
 
-Formats follow REFERENCE.md section 3: refer pickles (written the way Python 2 wrote them) + COCO json with
+Formats follow docs/reference.md section 3: refer pickles (written the way Python 2 wrote them) + COCO json with
 polygons and RLE; ReferIt .mat + query json; A2D .h5 (transposed ``N x W x H`` and the 2-D single-instance case),
 videoset.csv, annotation txt with a malformed ``"1 (copy)"`` row and a missed video, mp4 clips written with
 OpenCV (``mp4v``); J-HMDB ``part_mask`` .mat and png frames; Refer-YouTube-VOS palette PNGs and meta jsons.

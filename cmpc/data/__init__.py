@@ -2,7 +2,7 @@
 
 ``build_dataset(cfg, split, vocab)`` turns the ``dataset`` config node (docs/architecture.md; one YAML file per
 dataset under ``configs/dataset/``) into a :class:`~cmpc.data.base.ReferringDataset`; ``build_vocab(cfg)`` loads
-``cfg.vocab`` or builds the vocabulary from the training split (REFERENCE.md section 1.2) and writes it under
+``cfg.vocab`` or builds the vocabulary from the training split (docs/reference.md section 1.2) and writes it under
 ``cfg.cache_dir``; ``build_glove(cfg, vocab)`` gives the cached GloVe matrix when ``cfg.glove`` is set.
 
 The synthetic benchmarks (``cfg.generate`` set) are generated on first use by :mod:`cmpc.data.synthetic`.

@@ -1,4 +1,4 @@
-"""A2D Sentences: referring video segmentation on A2D (REFERENCE.md sections 1.6 and 3c).
+"""A2D Sentences: referring video segmentation on A2D (docs/reference.md sections 1.6 and 3c).
 
 Files under ``root``:
 

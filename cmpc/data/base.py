@@ -5,7 +5,7 @@ A dataset family subclasses :class:`ReferringDataset`: it builds a list of light
 disk, see :meth:`ReferringDataset.cached_index`) and implements ``load(i) -> RawSample``; the base class turns a
 raw sample into the model sample (letterbox + mean from :mod:`cmpc.data.transforms`, word ids from
 :mod:`cmpc.data.text`). One item is one (sentence, object[, frame]) pair: every sentence is a sample
-(REFERENCE.md 1.5).
+(docs/reference.md 1.5).
 
 Malformed dataset entries are skipped while indexing and counted per reason (``self.skipped``), with one
 warning per reason; missing or unreadable files raise :class:`cmpc.errors.DatasetError` naming the file.

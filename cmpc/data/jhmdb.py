@@ -1,4 +1,4 @@
-"""J-HMDB Sentences: test-only referring video segmentation (REFERENCE.md section 3d).
+"""J-HMDB Sentences: test-only referring video segmentation (docs/reference.md section 3d).
 
 Files under ``root``:
 

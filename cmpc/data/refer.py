@@ -1,6 +1,6 @@
 """Referring-image datasets in the refer-API layout: UNC, UNC+, G-Ref (google, umd), refclef, synthetic.
 
-Reads the files of lichengunc/refer directly (REFERENCE.md section 3a) and follows CMPC's data selection
+Reads the files of lichengunc/refer directly (docs/reference.md section 3a) and follows CMPC's data selection
 (section 1.5):
 
 * ``<root>/<refer_dataset>/refs(<split_by>).p``: pickled list of refs (Python-2 pickles are loaded with

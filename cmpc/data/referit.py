@@ -1,4 +1,4 @@
-"""ReferIt in the text_objseg packaging, as used by CMPC (REFERENCE.md sections 1.5 and 3b).
+"""ReferIt in the text_objseg packaging, as used by CMPC (docs/reference.md sections 1.5 and 3b).
 
 Layout under ``root``:
 

@@ -1,6 +1,6 @@
 """Sentences to word ids, the vocabulary, and GloVe word-vector matrices.
 
-Implements the text preprocessing of the official CMPC code (REFERENCE.md section 1.2,
+Implements the text preprocessing of the official CMPC code (docs/reference.md section 1.2,
 `util/text_processing.py` of spyflying/CMPC-Refseg):
 
 * tokenizer: ``re.split(r'(\\W+)', sentence.strip())`` -- note the capture group: the official code keeps
@@ -13,7 +13,7 @@ Implements the text preprocessing of the official CMPC code (REFERENCE.md sectio
   A sentence without any word token (empty or punctuation only) is "empty": loaders skip it (counted) and
   :meth:`Vocabulary.encode` raises DatasetError naming the sample.
 * GloVe: rows in vocabulary order, words not found get N(0, 0.6^2) vectors (seeded), ``<pad>`` zeros --
-  the recipe of ``LSCM-Refseg/scripts/embedding_generate.py`` (REFERENCE 1.2, "Word embedding").
+  the recipe of ``LSCM-Refseg/scripts/embedding_generate.py`` (docs/reference.md 1.2, "Word embedding").
 
 Vocabulary files: one word per line. The official ``vocabulary_Gref.txt`` / ``vocabulary_referit.txt`` start
 with ``<pad>, <go>, <eos>, <unk>`` (so ``<unk>`` is id 3 there) and contain an empty line. Our contract is

@@ -1,6 +1,6 @@
 """Letterbox resize + pixel normalisation, and its inverse for evaluation.
 
-Implements the official preprocessing (REFERENCE.md section 1.2 "Image preprocessing", "Train masks";
+Implements the official preprocessing (docs/reference.md section 1.2 "Image preprocessing", "Train masks";
 `util/im_processing.resize_and_pad` / `resize_and_crop` of spyflying/CMPC-Refseg):
 
 * aspect-preserving bilinear resize so that the long side is ``S`` (``scale = min(S/h, S/w)``, new size
@@ -13,7 +13,7 @@ Implements the official preprocessing (REFERENCE.md section 1.2 "Image preproces
   (it slightly dilates the object border by at most one resized pixel); ``mask_mode="nearest"`` gives the
   undilated alternative.
 * :meth:`Letterbox.invert` un-pads a ``S x S`` map and resizes it bilinearly to the original ``h x w``: applied
-  to logits, thresholding the result at 0 gives the prediction at original resolution (REFERENCE 1.4).
+  to logits, thresholding the result at 0 gives the prediction at original resolution (docs/reference.md 1.4).
 
 Resizing uses OpenCV ``INTER_LINEAR`` (half-pixel centres, no anti-aliasing, like skimage's ``resize`` of the
 official code's era); tensors are inverted with ``F.interpolate(mode="bilinear", align_corners=False)``, the

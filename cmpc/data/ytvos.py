@@ -1,4 +1,4 @@
-"""Refer-YouTube-VOS (and the built-in synthetic video set written in its layout) -- REFERENCE.md section 3e.
+"""Refer-YouTube-VOS (and the built-in synthetic video set written in its layout) -- docs/reference.md section 3e.
 
 Files under ``root``:
 

@@ -1,4 +1,4 @@
-"""Evaluation with the CMPC protocol (REFERENCE 1.4, 2.9).
+"""Evaluation with the CMPC protocol (docs/reference.md 1.4, 2.1).
 
 Every sentence is a sample. The final logits are upsampled to the letterboxed input size, mapped
 back to the original image size (un-pad + bilinear resize) and thresholded at logit >= 0; IoU is

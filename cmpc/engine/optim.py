@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule of the official recipe (REFERENCE 1.2).
+"""Optimiser and learning-rate schedule of the official recipe (docs/reference.md 1.2).
 
 Adam; weight decay only on the weights of convolutions and linear layers that are trained
 (the released code's L2 term covers the conv weights of the new modules, not biases, norms, the

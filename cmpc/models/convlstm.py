@@ -1,4 +1,4 @@
-"""ConvLSTM fusion of the levels (paper 3.3, last paragraph; released code REFERENCE 1.3).
+"""ConvLSTM fusion of the levels (paper 3.3, last paragraph; released code docs/reference.md 1.3).
 
 The levels ``[Y3, Y4, Y5]`` are fed as a sequence to a convolutional LSTM (cell size 500 in the
 paper, 1x1 kernels, layer-normalised gates and cell, forget bias 1 as in the released code). The

@@ -2,7 +2,7 @@
 
 Each level of backbone features is concatenated with an 8-D coordinate map
 ``O in R^{H x W x 8}`` and projected by a 1x1 convolution to ``C_v`` channels.
-The coordinate formula is the one of the released code (REFERENCE 1.3): for cell (h, w) of an
+The coordinate formula is the one of the released code (docs/reference.md 1.3): for cell (h, w) of an
 H x W grid, ``[xmin, ymin, xmax, ymax, xctr, yctr, 1/W, 1/H]`` with coordinates in [-1, 1].
 """
 

@@ -1,6 +1,6 @@
 """Words: embeddings, LSTM word features and the soft word-type classifier (paper 3.1.1, 3.1.2, eq. 1).
 
-Sentences arrive as ``[B, T]`` token ids, left-padded with 0 (the official layout, REFERENCE 1.2).
+Sentences arrive as ``[B, T]`` token ids, left-padded with 0 (the official layout, docs/reference.md 1.2).
 The LSTM runs over the real tokens only (packed sequences), so a sentence gives the same word
 features whatever its padding and whatever else is in the batch; the released code used batch
 element 0's padding for the whole batch (bs=1), a deliberate deviation documented in

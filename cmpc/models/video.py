@@ -6,7 +6,7 @@ coordinate fusion and Entity Perception on every frame (``M_V``), Relation-Aware
 centre frame only (``M-_ctr``), Action-Aware Reasoning over the K frames (eqs. 12-21,
 :mod:`cmpc.models.action`) giving the temporal context ``P^_V`` of the centre frame, and the level
 output ``Y_V = ReLU(Conv1x1([M_ctr; M-_ctr; P^_V; s]))`` (last paragraph of 3.2.2; ``cmf=false``
-puts the visual feature ``X_ctr`` in place of ``M_ctr``, the released code's variant, REFERENCE 1.6).
+puts the visual feature ``X_ctr`` in place of ``M_ctr``, the released code's variant, docs/reference.md 1.6).
 TGFE, ConvLSTM and the heads are CMPC-I's (:class:`~cmpc.models.cmpc.CMPCImage.predict`), so the
 output dict is the image model's, for the centre frame, with 5 word types (``VIDEO_WORD_TYPES``).
 
