@@ -39,7 +39,8 @@ def _versions() -> dict:
 
 
 def _skip_reason(recorded: dict) -> str | None:
-    if platform.machine().lower() not in ("x86_64", "amd64") or not cv2.checkHardwareSupport(cv2.CPU_AVX2):
+    opencv_paths = [t.lstrip("*") for t in cv2.getCPUFeaturesLine().split()]  # "*AVX2?" = disabled
+    if platform.machine().lower() not in ("x86_64", "amd64") or "AVX2" not in opencv_paths:
         return "checksums were recorded on x86-64 with AVX2; OpenCV's other SIMD paths round differently"
     if recorded != _versions():
         return f"checksums were recorded with {recorded}, installed: {_versions()} (see constraints.txt)"
