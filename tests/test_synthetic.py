@@ -16,6 +16,7 @@ from PIL import Image
 from pycocotools import mask as mu
 
 from cmpc.data import synthetic as syn
+from cmpc.data.synthetic import refer_writer, resolver
 from cmpc.errors import ConfigError
 
 # pycocotools' decode trips a numpy-2 DeprecationWarning; harmless
@@ -26,9 +27,10 @@ IMG = dict(seed=3, splits={"train": 8, "val": 3, "test": 3}, negative=0.3, progr
 VID = dict(seed=3, splits={"train": 4, "valid": 3}, num_frames=6, negative=0.3, progress=False)
 
 
-# loads the generator file alone (without cmpc.data/__init__, which pulls in torch)
+# loads the generator package alone (without cmpc.data/__init__, which pulls in torch)
 STANDALONE = ("import importlib.util, sys; "
-              "spec = importlib.util.spec_from_file_location('synthetic_alone', 'cmpc/data/synthetic.py'); "
+              "spec = importlib.util.spec_from_file_location('synthetic_alone', 'cmpc/data/synthetic/__init__.py', "
+              "submodule_search_locations=['cmpc/data/synthetic']); "
               "m = importlib.util.module_from_spec(spec); sys.modules['synthetic_alone'] = m; "
               "spec.loader.exec_module(m); ")
 
@@ -270,10 +272,10 @@ def test_relation_gap_sets_the_target_landmark_distance():
         for i in range(30):
             s = syn.generate_image_sample(0, "train", i, kinds={"relation": 1}, relation_gap=relation_gap)
             r = s.refs[0]  # the designed expression: its target was placed at the drawn distance
-            if r.expression.relation in syn._AXIS_LOCATION:
-                (lm,) = [o for o in s.scene.objects if syn._matches(o, r.expression.landmarks[0])]
+            if r.expression.relation in resolver._AXIS_LOCATION:
+                (lm,) = [o for o in s.scene.objects if resolver._matches(o, r.expression.landmarks[0])]
                 t = s.scene.objects[r.target]
-                along = syn._axes(r.expression.relation, t.centres[0][0] - lm.centres[0][0],
+                along = resolver._axes(r.expression.relation, t.centres[0][0] - lm.centres[0][0],
                                   t.centres[0][1] - lm.centres[0][1])[0]
                 out.append((along - t.radius - lm.radius) / 128 - syn.GAP)
         return np.array(out)
@@ -375,7 +377,7 @@ def test_ensure_skips_regenerates_and_is_atomic(tmp_path, monkeypatch):
         (out / "synthetic" / "instances.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(syn, "_write_images", boom)
+    monkeypatch.setattr(refer_writer, "_write_images", boom)
     with pytest.raises(KeyboardInterrupt):
         syn.ensure_image_benchmark(root, **{**small, "seed": 1})
     assert _digest(root) == before  # the old complete dataset is untouched
