@@ -7,7 +7,7 @@ Relation expressions are labelled by :func:`cmpc.data.synthetic.relation_subkind
 landmark), ``relation:decoy`` (a twin lies further in that direction: the landmark is needed),
 ``relation:near``, ``relation:between``; the other kinds are kept. ``--directional`` merges shortcut and decoy
 into ``relation:directional``. ``--root`` evaluates on another generated benchmark (e.g. one made with
-``scripts/make_synthetic.py --relation-gap 0.2 0.35``, landmarks further away). docs/synthetic.md reports the
+``scripts/make_synthetic.py relation_gap='[0.2, 0.35]'``, landmarks further away). docs/synthetic.md reports the
 figures.
 """
 

@@ -1,76 +1,150 @@
 """Generate the built-in synthetic referring segmentation benchmark and (optionally) its sample figures.
 
-    python scripts/make_synthetic.py --root data/synthetic                      # images (refer layout)
-    python scripts/make_synthetic.py --root data/synthetic_video --video        # videos (Refer-YouTube-VOS layout)
-    python scripts/make_synthetic.py --root data/synthetic --stats --grid docs/img/synthetic_grid.png
+    python scripts/make_synthetic.py root=data/synthetic                         # images (refer layout)
+    python scripts/make_synthetic.py root=data/synthetic_video video=true        # videos (Refer-YouTube-VOS layout)
+    python scripts/make_synthetic.py root=data/synthetic stats=true grid=docs/img/synthetic_grid.png
+    python scripts/make_synthetic.py root=data/far splits='{train: 0, val: 0, test: 400}' kinds='{relation: 1}' \
+        relation_gap='[0.2, 0.35]'
 
-Generation is skipped when ``root`` already holds a complete benchmark made with the same parameters
-(``--force`` regenerates). ``--grid`` draws sample pictures (expression as title, target outlined) from the
-written files; with ``--video`` it draws frame rows of action expressions. See docs/synthetic.md.
+Hydra ``key=value`` overrides of ``configs/make_synthetic.yaml``, whose generator keys mirror
+:func:`cmpc.data.synthetic.generate_image_benchmark` / ``generate_video_benchmark``. Generation is skipped when
+``root`` already holds a complete benchmark made with the same parameters (``force=true`` regenerates).
+``grid=PATH`` draws sample pictures (expression as title, target outlined) from the written files; with
+``video=true`` it draws frame rows of action expressions. See docs/synthetic.md.
+
+The former ``--root PATH --video --train N ...`` flags still work for now: they print one deprecation line with
+the equivalent command and run it.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
 import sys
 import textwrap
 from pathlib import Path
 
+import hydra
 import numpy as np
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cmpc.cli import friendly_errors  # noqa: E402
 from cmpc.data import synthetic as syn  # noqa: E402
-from cmpc.errors import CmpcError  # noqa: E402
+from cmpc.errors import ConfigError  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "make_synthetic.yaml"
+# keys of configs/make_synthetic.yaml passed on to the generator when not null
+GENERATOR_KEYS = ("seed", "image_size", "num_frames", "splits", "kinds", "min_objects", "max_objects",
+                  "expressions_per_image", "expressions_per_video", "negative", "relation_gap", "segmentation")
 
 
-def _parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--root", required=True, help="output folder (created; replaced if it holds an older benchmark)")
-    ap.add_argument("--video", action="store_true", help="generate the video benchmark instead of the image one")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--frames", type=int, default=None, help="frames per clip (videos; default 8)")
-    ap.add_argument("--train", type=int, default=None, help="number of training images/clips")
-    ap.add_argument("--val", type=int, default=None, help="number of val images (images)")
-    ap.add_argument("--test", type=int, default=None, help="number of test images (images)")
-    ap.add_argument("--valid", type=int, default=None, help="number of valid clips (videos)")
+def make(cfg: dict) -> Path:
+    """Generate (or find) the benchmark ``cfg`` (a plain dict of configs/make_synthetic.yaml) describes; print the
+    statistics and write the figure it asks for. Raises :class:`ConfigError` for a missing root or bad values."""
+    if not cfg.get("root"):
+        raise ConfigError("make_synthetic: root is not set; pass the output folder, e.g. root=data/synthetic")
+    params = {k: cfg[k] for k in GENERATOR_KEYS if cfg.get(k) is not None}
+    if cfg["video"]:
+        fn = syn.generate_video_benchmark if cfg["force"] else syn.ensure_video_benchmark
+    else:
+        fn = syn.generate_image_benchmark if cfg["force"] else syn.ensure_image_benchmark
+    root = fn(cfg["root"], progress=bool(cfg["progress"]), **params)
+    print(f"benchmark ready: {root}")
+    if cfg["stats"]:
+        print(syn.format_statistics(syn.benchmark_statistics(root)))
+    if cfg["grid"]:
+        (video_figure if cfg["video"] else image_grid)(root, cfg["grid"])
+        print(f"wrote {cfg['grid']}")
+    return root
+
+
+# ------------------------------------------------------------------------------------ deprecated --flags
+def _legacy_parser():
+    ap = argparse.ArgumentParser(prog="make_synthetic.py (deprecated flags; use key=value)")
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--video", action="store_true")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--frames", type=int, default=None)
+    for split in ("train", "val", "test", "valid"):
+        ap.add_argument(f"--{split}", type=int, default=None)
     ap.add_argument("--min-objects", type=int, default=None)
     ap.add_argument("--max-objects", type=int, default=None)
-    ap.add_argument("--kinds", default=None, help='JSON weights, e.g. \'{"entity": 1, "relation": 2}\'')
-    ap.add_argument("--negative", type=float, default=None, help="share of images/clips with a negative expression")
-    ap.add_argument("--relation-gap", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
-                    help="extra target-landmark distance of left/right/above/below, fractions of the side")
-    ap.add_argument("--segmentation", choices=("polygon", "rle"), default=None, help="images: mask encoding")
-    ap.add_argument("--force", action="store_true", help="regenerate even if an identical benchmark exists")
-    ap.add_argument("--stats", action="store_true", help="print the statistics table (markdown)")
-    ap.add_argument("--grid", default=None, help="write a PNG of sample pictures to this path")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    return ap.parse_args(argv)
+    ap.add_argument("--kinds", default=None)
+    ap.add_argument("--negative", type=float, default=None)
+    ap.add_argument("--relation-gap", type=float, nargs=2, default=None)
+    ap.add_argument("--segmentation", choices=("polygon", "rle"), default=None)
+    ap.add_argument("--force", action="store_true")
+    ap.add_argument("--stats", action="store_true")
+    ap.add_argument("--grid", default=None)
+    ap.add_argument("--quiet", action="store_true")
+    return ap
 
 
-def _params(a):
-    p = {"seed": a.seed, "image_size": a.image_size, "min_objects": a.min_objects, "max_objects": a.max_objects,
-         "negative": a.negative, "relation_gap": a.relation_gap}
+LEGACY_FLAGS = {opt for action in _legacy_parser()._actions for opt in action.option_strings} - {"-h", "--help"}
+
+
+def is_legacy(argv) -> bool:
+    """Whether ``argv`` uses the former ``--root``-style flags."""
+    return any(a.split("=", 1)[0] in LEGACY_FLAGS for a in argv)
+
+
+def legacy_overrides(argv) -> dict:
+    """The config values (keys of configs/make_synthetic.yaml) that the former flags ``argv`` stand for; split
+    counts not given keep their defaults, as the flags did."""
+    a = _legacy_parser().parse_args(argv)
+    values = {"root": a.root, "video": a.video, "seed": a.seed, "image_size": a.image_size,
+              "num_frames": a.frames, "min_objects": a.min_objects, "max_objects": a.max_objects,
+              "negative": a.negative, "relation_gap": a.relation_gap, "segmentation": a.segmentation,
+              "force": a.force, "stats": a.stats, "grid": a.grid, "progress": not a.quiet}
     if a.kinds is not None:
         try:
-            p["kinds"] = json.loads(a.kinds)
+            values["kinds"] = json.loads(a.kinds)
         except ValueError:
-            raise syn.ConfigError(f"--kinds {a.kinds!r} is not JSON; write e.g. '{{\"entity\": 1}}'") from None
-    defaults = syn.VIDEO_DEFAULTS if a.video else syn.IMAGE_DEFAULTS
+            raise ConfigError(f"--kinds {a.kinds!r} is not JSON; write kinds='{{entity: 1}}' instead") from None
     names = ("train", "valid") if a.video else ("train", "val", "test")
+    wrong = [n for n in ("train", "val", "test", "valid") if n not in names and getattr(a, n) is not None]
+    if wrong:
+        raise ConfigError(f"--{wrong[0]} is not a split of the {'video' if a.video else 'image'} benchmark; "
+                          f"its splits are {list(names)}")
     given = {n: getattr(a, n) for n in names}
     if any(v is not None for v in given.values()):
-        p["splits"] = {n: (v if v is not None else defaults["splits"][n]) for n, v in given.items()}
-    if a.video:
-        p["num_frames"] = a.frames
-        if a.val is not None or a.test is not None or a.segmentation is not None:
-            raise syn.ConfigError("--val/--test/--segmentation are for images; videos use --train/--valid")
-    else:
-        p["segmentation"] = a.segmentation
-        if a.valid is not None or a.frames is not None:
-            raise syn.ConfigError("--valid/--frames are for videos; add --video")
-    return {k: v for k, v in p.items() if v is not None}
+        defaults = (syn.VIDEO_DEFAULTS if a.video else syn.IMAGE_DEFAULTS)["splits"]
+        values["splits"] = {n: (v if v is not None else defaults[n]) for n, v in given.items()}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _override_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_override_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_override_value(x) for x in v) + "]"
+    if isinstance(v, str) and not re.fullmatch(r"[\w./-]+", v):
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(v)
+
+
+def legacy_main(argv) -> None:
+    """Run the former flags: one deprecation line (with the equivalent command), then :func:`make`."""
+    base = OmegaConf.to_container(OmegaConf.load(CONFIG))
+    base = {k: v for k, v in base.items() if k not in ("defaults", "hydra")}
+    values = legacy_overrides(argv)
+    changed = {k: v for k, v in values.items() if v != base.get(k)}
+    command = " ".join(shlex.quote(f"{k}={_override_value(v)}") for k, v in changed.items())
+    print(f"make_synthetic.py: the --flags are deprecated; run: python scripts/make_synthetic.py {command}",
+          file=sys.stderr)
+    make({**base, **values})
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="make_synthetic")
+@friendly_errors
+def main(cfg) -> None:
+    make(OmegaConf.to_container(cfg, resolve=True))
 
 
 def _save_small_png(fig, path):
@@ -170,26 +244,8 @@ def video_figure(root, path, rows=2, split="valid"):
     plt.close(fig)
 
 
-def main(argv=None):
-    a = _parse_args(argv)
-    try:
-        params = _params(a)
-        if a.video:
-            fn = syn.generate_video_benchmark if a.force else syn.ensure_video_benchmark
-        else:
-            fn = syn.generate_image_benchmark if a.force else syn.ensure_image_benchmark
-        root = fn(a.root, progress=not a.quiet, **params)
-        print(f"benchmark ready: {root}")
-        if a.stats:
-            print(syn.format_statistics(syn.benchmark_statistics(root)))
-        if a.grid:
-            (video_figure if a.video else image_grid)(root, a.grid)
-            print(f"wrote {a.grid}")
-    except CmpcError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    if is_legacy(sys.argv[1:]):
+        friendly_errors(legacy_main)(sys.argv[1:])
+    else:
+        main()

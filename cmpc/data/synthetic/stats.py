@@ -16,7 +16,7 @@ def _load_json(path):
         with open(path, "r", encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise DatasetError(f"{path} is missing; (re)generate with scripts/make_synthetic.py --root ...") from None
+        raise DatasetError(f"{path} is missing; (re)generate with scripts/make_synthetic.py root=...") from None
     except ValueError as e:
         raise DatasetError(f"{path} is not valid JSON ({e}); delete the folder and regenerate it") from None
 
@@ -78,7 +78,7 @@ def benchmark_statistics(root) -> list:
         order = {"train": 0, "val": 1, "valid": 1, "test": 2}
         return sorted(rows, key=lambda r: (order.get(r["split"], 3), r["split"]))
     raise DatasetError(f"{root} holds no synthetic benchmark; "
-                       f"generate one with scripts/make_synthetic.py --root {root}")
+                       f"generate one with scripts/make_synthetic.py root={root}")
 
 
 def format_statistics(rows) -> str:
