@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from cmpc.models.cmpc import CMPCImage
@@ -32,7 +30,6 @@ from cmpc.models.loss import mask_bce
 TYPES = 6
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "above": (0, -1), "below": (0, 1)}
 WORDS = ["<pad>", "the", "of", *DIRECTIONS, *(f"type{k}" for k in range(TYPES))]
-MODEL_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
 
 
 class OneHotBackbone(nn.Module):
@@ -94,11 +91,10 @@ def batch(rng, grid, n):
 
 
 def toy_model(rar: bool) -> CMPCImage:
-    cfg = OmegaConf.merge(OmegaConf.load(MODEL_DIR / "cmpc_i.yaml"), {
-        "levels": ["res5"], "visual_dim": 64, "word_dim": 64, "embed_dim": 32, "dim": 64, "out_dim": 64,
-        "word_classifier_dim": 32, "tgfe": False, "convlstm": False, "aux_heads": False, "glove": False,
-        "routing_scale": "peak", "relation_aware_reasoning": rar})
-    return CMPCImage(cfg, OneHotBackbone(), len(WORDS))
+    """The paper's CMPC-I (the constructor's defaults) at toy widths, one level, no TGFE/ConvLSTM."""
+    return CMPCImage(OneHotBackbone(), len(WORDS), levels=["res5"], visual_dim=64, word_dim=64, embed_dim=32, dim=64,
+                     out_dim=64, word_classifier_dim=32, tgfe=False, convlstm=False, aux_heads=False,
+                     routing_scale="peak", relation_aware_reasoning=rar)
 
 
 class OracleRouting:

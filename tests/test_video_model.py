@@ -59,7 +59,7 @@ def test_output_and_stage_shapes():
     p_act = out["word_probs"][..., ACTION]
     q_a = torch.einsum("bt,btc->bc", p_act, lang.words.features)  # eq. 12
     assert torch.allclose(lang.action, q_a / q_a.norm(dim=-1, keepdim=True), atol=1e-5)
-    assert model.cfg.routing_scale == "peak"  # the synthetic configs (docs/model.md, "Routing words")
+    assert model.routing_scale == "peak"  # the synthetic configs (docs/model.md, "Routing words")
     peak = p_act / p_act.amax(dim=1, keepdim=True)
     assert torch.allclose(lang.action_words, lang.words.features * peak[..., None], atol=1e-6)  # AR routers (table 7)
     level = model.levels[0]

@@ -15,6 +15,7 @@ ConvLSTM/TGFE gives table-5 rows 1-6.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,28 +46,47 @@ class Language:
 
 
 class CMPCLevel(nn.Module):
-    """One visual level of CMPC-I: EP -> RAR -> output fusion."""
+    """One visual level of CMPC-I: EP -> RAR -> output fusion.
 
-    def __init__(self, cfg, backbone_channels: int):
+    Args:
+        backbone_channels: channels of this level's backbone feature map ``[B, C, h, w]``.
+        visual_dim: C_v, channels after the 1x1 coordinate fusion (paper 3.1.1; 1000).
+        word_dim: C_l, channels of the word features and sentence vectors (LSTM hidden size; 1000).
+        dim: C_m, channels of the multimodal map M (EP, eqs. 3-4) and of RAR (1000).
+        out_dim: channels of the level output Y (eq. 11 and the concatenation after it; released code 500).
+        entity_perception: build the EP stage (eqs. 2-4, table 5); without it M is the visual feature X.
+        fusion_heads: r, bilinear fusion heads of EP (eq. 4; 5).
+        fusion_tanh: tanh on both bilinear factors (released code) instead of eq. 3 as printed.
+        relation_aware_reasoning: build the RAR stage (eqs. 5-10, table 5).
+        gcn_layers: g, graph convolutions in RAR (table 10); 0 builds no RAR (M- = M).
+        rar_path: ``"fast"`` (``A M = B1 (B2 M)``, never N x N) or ``"explicit"`` (builds A; reference).
+        cmf: concatenate M (the "CMF" variant, eq. 11) rather than X into Y; needs EP.
+    """
+
+    def __init__(self, backbone_channels: int, *, visual_dim: int = 1000, word_dim: int = 1000, dim: int = 1000,
+                 out_dim: int = 500, entity_perception: bool = True, fusion_heads: int = 5, fusion_tanh: bool = False,
+                 relation_aware_reasoning: bool = True, gcn_layers: int = 1, rar_path: str = "fast",
+                 cmf: bool = True):
         super().__init__()
-        self.coords = CoordinateFusion(backbone_channels, cfg.visual_dim)
+        self.coords = CoordinateFusion(backbone_channels, visual_dim)
         self.perception = (
-            EntityPerception(cfg.visual_dim, cfg.word_dim, cfg.dim, cfg.fusion_heads, cfg.fusion_tanh)
-            if cfg.entity_perception
+            EntityPerception(visual_dim, word_dim, dim, fusion_heads, fusion_tanh)
+            if entity_perception
             else None
         )
-        mm_dim = cfg.dim if self.perception is not None else cfg.visual_dim
+        mm_dim = dim if self.perception is not None else visual_dim
+        self.mm_dim, self.word_dim = mm_dim, word_dim  # widths of M and of the words (read by CMPC-V's AAR)
         # g = 0 graph convolutions is no reasoning at all: M- = M (table 10 g = 0 = table 5 row 2, both 49.06)
         self.reasoning = (
-            RelationAwareReasoning(mm_dim, cfg.word_dim, cfg.gcn_layers, cfg.rar_path)
-            if cfg.relation_aware_reasoning and cfg.gcn_layers > 0
+            RelationAwareReasoning(mm_dim, word_dim, gcn_layers, rar_path)
+            if relation_aware_reasoning and gcn_layers > 0
             else None
         )
-        self.cmf = cfg.cmf and self.perception is not None
+        self.cmf = cmf and self.perception is not None
         # M- joins the output unless it would repeat the first part: without RAR, M- = M (EP on) or X (EP off)
         self.carries_reasoned = self.reasoning is not None or (self.perception is not None and not self.cmf)
-        parts = (mm_dim if self.cmf else cfg.visual_dim) + (mm_dim if self.carries_reasoned else 0)
-        self.output = nn.Conv2d(parts + cfg.word_dim, cfg.out_dim, kernel_size=1)
+        parts = (mm_dim if self.cmf else visual_dim) + (mm_dim if self.carries_reasoned else 0)
+        self.output = nn.Conv2d(parts + word_dim, out_dim, kernel_size=1)
 
     def perceive(self, visual: torch.Tensor, lang: Language) -> torch.Tensor:
         return visual if self.perception is None else self.perception(visual, lang.entity)
@@ -105,48 +125,97 @@ class CMPCImage(nn.Module):
     word_types = IMAGE_WORD_TYPES
     level_class = CMPCLevel
 
-    def __init__(self, cfg, backbone: nn.Module, vocab_size: int, embeddings=None):
+    def __init__(self, backbone: nn.Module, vocab_size: int, embeddings: torch.Tensor | None = None, *,
+                 levels: Sequence[str] = LEVEL_NAMES, visual_dim: int = 1000, word_dim: int = 1000,
+                 embed_dim: int = 300, dim: int = 1000, out_dim: int = 500, freeze_embeddings: bool = False,
+                 word_classifier_dim: int = 500, word_classifier_activation: str = "sigmoid",
+                 entity_perception: bool = True, fusion_heads: int = 5, fusion_tanh: bool = False,
+                 relation_aware_reasoning: bool = True, gcn_layers: int = 1, rar_path: str = "fast",
+                 routing_scale: str = "probability", cmf: bool = True, tgfe: bool = True, tgfe_rounds: int = 3,
+                 tgfe_normalize: bool = False, necessary_words: bool = True, convlstm: bool = True,
+                 convlstm_hidden: int = 500, convlstm_kernel: int = 1, convlstm_peephole: bool = False,
+                 aux_heads: bool = True):
+        """The defaults are the paper's CMPC-I (``configs/model/cmpc_i.yaml``, paper 4.1.3 and docs/model.md);
+        :func:`cmpc.models.build_model` passes the keys of ``configs/model/*.yaml`` as these keywords.
+
+        Args:
+            backbone: a :class:`~cmpc.models.backbone.Backbone`; ``backbone(images [U, 3, S, S])`` gives the
+                levels ``res2..res5`` and ``backbone.out_channels`` their channels.
+            vocab_size: number of word ids (``<pad>`` = 0).
+            embeddings: optional ``[vocab_size, embed_dim]`` initial word vectors (GloVe), else random.
+            levels: backbone levels used, a non-empty subset of ``("res3", "res4", "res5")``; one level = the
+                single-level rows of table 5. Raises ``ValueError`` otherwise.
+            visual_dim, word_dim, dim, out_dim, entity_perception, fusion_heads, fusion_tanh,
+                relation_aware_reasoning, gcn_layers, rar_path, cmf: per level, see :class:`CMPCLevel`.
+            embed_dim: word embedding size (GloVe 840B: 300).
+            freeze_embeddings: keep the embeddings fixed (the released code fine-tunes them).
+            word_classifier_dim: C_n, hidden width of the word-type classifier (eq. 1; 500).
+            word_classifier_activation: ``"sigmoid"`` (eq. 1 as printed) or ``"relu"`` (released code).
+            routing_scale: how word-type probabilities scale the routing words of RAR (eq. 5):
+                ``"probability"`` (``r_t = p_t l_t``) or ``"peak"`` (``p_t / max p``; docs/model.md).
+            tgfe: build Text-Guided Feature Exchange (eqs. 22-24, table 5); needs two or more levels.
+            tgfe_rounds: n, exchange rounds (table 8; paper 3, released code 2); 0 = off.
+            tgfe_normalize: L2-normalise each exchanged level (released code) instead of eq. 24 as printed.
+            necessary_words: TGFE guided by s (eq. 11, "NW") rather than the LSTM sentence vector (table 9).
+            convlstm: fuse the levels with a ConvLSTM (table 5 "CLSTM"); otherwise concatenation + 1x1 conv.
+            convlstm_hidden: ConvLSTM cell channels (paper 500).
+            convlstm_kernel: ConvLSTM kernel size in cells (released code 1).
+            convlstm_peephole: peephole connections in the ConvLSTM cell (released code; the paper does not
+                mention them), see :class:`~cmpc.models.convlstm.ConvLSTM`.
+            aux_heads: one auxiliary 3x3 mask head per level (released code; with two or more levels).
+        """
         super().__init__()
-        self.cfg = cfg
         self.backbone = backbone
-        unknown = [name for name in cfg.levels if name not in LEVEL_NAMES]
-        if unknown or not cfg.levels:
-            raise ValueError(f"model.levels must be a non-empty subset of {list(LEVEL_NAMES)}, got {list(cfg.levels)}")
-        self.level_index = [LEVEL_NAMES.index(name) for name in cfg.levels]
-        self.words = WordEncoder(vocab_size, cfg.embed_dim, cfg.word_dim, embeddings, cfg.freeze_embeddings)
-        needs_types = self.routes_words() or (cfg.tgfe and cfg.necessary_words)
+        unknown = [name for name in levels if name not in LEVEL_NAMES]
+        if unknown or not levels:
+            raise ValueError(f"model.levels must be a non-empty subset of {list(LEVEL_NAMES)}, got {list(levels)}")
+        self.level_index = [LEVEL_NAMES.index(name) for name in levels]
+        self.entity_perception, self.relation_aware_reasoning = entity_perception, relation_aware_reasoning
+        self.necessary_words, self.routing_scale = necessary_words, routing_scale
+        self.words = WordEncoder(vocab_size, embed_dim, word_dim, embeddings, freeze_embeddings)
+        needs_types = self.routes_words() or (tgfe and necessary_words)
         self.classifier = (
-            WordClassifier(cfg.word_dim, cfg.word_classifier_dim, self.word_types, cfg.word_classifier_activation)
+            WordClassifier(word_dim, word_classifier_dim, self.word_types, word_classifier_activation)
             if needs_types
             else None
         )
-        self.levels = nn.ModuleList(self.level_class(cfg, backbone.out_channels[i]) for i in self.level_index)
+        level_options = dict(visual_dim=visual_dim, word_dim=word_dim, dim=dim, out_dim=out_dim,
+                             entity_perception=entity_perception, fusion_heads=fusion_heads, fusion_tanh=fusion_tanh,
+                             relation_aware_reasoning=relation_aware_reasoning, gcn_layers=gcn_layers,
+                             rar_path=rar_path, cmf=cmf)
+        self.levels = nn.ModuleList(
+            self.level_class(backbone.out_channels[i], **level_options, **self.level_extras()) for i in self.level_index
+        )
         multi = len(self.levels) > 1
         self.exchange = (
-            TextGuidedFeatureExchange(cfg.out_dim, cfg.word_dim, len(self.levels), cfg.tgfe_rounds, cfg.tgfe_normalize)
-            if cfg.tgfe and multi and cfg.tgfe_rounds > 0
+            TextGuidedFeatureExchange(out_dim, word_dim, len(self.levels), tgfe_rounds, tgfe_normalize)
+            if tgfe and multi and tgfe_rounds > 0
             else None
         )
-        if cfg.convlstm:
-            self.fusion = ConvLSTM(cfg.out_dim, cfg.convlstm_hidden, cfg.convlstm_kernel, peephole=cfg.convlstm_peephole)
-            head_in = cfg.convlstm_hidden
+        if convlstm:
+            self.fusion = ConvLSTM(out_dim, convlstm_hidden, convlstm_kernel, peephole=convlstm_peephole)
+            head_in = convlstm_hidden
         elif multi:
-            self.fusion = nn.Sequential(nn.Conv2d(cfg.out_dim * len(self.levels), cfg.out_dim, 1), nn.ReLU())
-            head_in = cfg.out_dim
+            self.fusion = nn.Sequential(nn.Conv2d(out_dim * len(self.levels), out_dim, 1), nn.ReLU())
+            head_in = out_dim
         else:
             self.fusion = None
-            head_in = cfg.out_dim
+            head_in = out_dim
         self.head = nn.Conv2d(head_in, 1, kernel_size=3, padding=1)
         self.aux_heads = (
-            nn.ModuleList(nn.Conv2d(cfg.out_dim, 1, kernel_size=3, padding=1) for _ in self.levels)
-            if cfg.aux_heads and multi
+            nn.ModuleList(nn.Conv2d(out_dim, 1, kernel_size=3, padding=1) for _ in self.levels)
+            if aux_heads and multi
             else None
         )
+
+    def level_extras(self) -> dict:
+        """Keywords that a subclass's ``level_class`` takes beyond :class:`CMPCLevel`'s (none here)."""
+        return {}
 
     # -- language -------------------------------------------------------------------------------
     def routes_words(self) -> bool:
         """Whether a reasoning stage weighs words by their type (EP, RAR; CMPC-V adds AAR)."""
-        return bool(self.cfg.entity_perception or self.cfg.relation_aware_reasoning)
+        return bool(self.entity_perception or self.relation_aware_reasoning)
 
     def encode_language(self, tokens: torch.Tensor) -> Language:
         words = self.words(tokens)
@@ -162,9 +231,9 @@ class CMPCImage(nn.Module):
             words=words,
             probs=probs,
             entity=l2_normalize(weighted_words(words, weight(probs, "entity", "attribute")), dim=-1),  # eq. 2
-            relation=routing_words(words, weight(probs, "relation"), self.cfg.routing_scale),  # eq. 5
+            relation=routing_words(words, weight(probs, "relation"), self.routing_scale),  # eq. 5
             sentence=necessary if reasons else words.sentence,
-            exchange=necessary if self.cfg.necessary_words else words.sentence,
+            exchange=necessary if self.necessary_words else words.sentence,
         )
 
     # -- vision ---------------------------------------------------------------------------------

@@ -47,18 +47,30 @@ class VideoLanguage(Language):
 
 
 class CMPCVideoLevel(CMPCLevel):
-    """One visual level of CMPC-V: EP on every frame -> RAR on the centre frame -> AAR -> output fusion."""
+    """One visual level of CMPC-V: EP on every frame -> RAR on the centre frame -> AAR -> output fusion.
 
-    def __init__(self, cfg, backbone_channels: int):
-        super().__init__(cfg, backbone_channels)
-        mm_dim = cfg.dim if self.perception is not None else cfg.visual_dim
+    Args:
+        backbone_channels: channels of this level's backbone feature map.
+        action_aware_reasoning: build the AAR stage (eqs. 12-21, table 6); without it the level is CMPC-I's on
+            the centre frame.
+        aar_adjacency: temporal graph edges: ``"dr"`` = direct relevance (eqs. 16-17, paper) or ``"ar"`` =
+            action words as routers, like RAR (table 7).
+        aar_gcn_layers: graph convolutions over the K frame vertices (eq. 18: one).
+        aar_values: what eq. 21 projects: ``"reasoned"`` = P-_V after the graph convolution (3.2.2 text) or
+            ``"vertices"`` = P~_V (eq. 21 as printed).
+        level_options: the keywords of :class:`~cmpc.models.cmpc.CMPCLevel` (widths, EP, RAR, ``cmf``).
+    """
+
+    def __init__(self, backbone_channels: int, *, action_aware_reasoning: bool = True, aar_adjacency: str = "dr",
+                 aar_gcn_layers: int = 1, aar_values: str = "reasoned", **level_options):
+        super().__init__(backbone_channels, **level_options)
         self.action = (
-            ActionAwareReasoning(mm_dim, cfg.word_dim, cfg.aar_adjacency, cfg.aar_gcn_layers, cfg.aar_values)
-            if cfg.action_aware_reasoning
+            ActionAwareReasoning(self.mm_dim, self.word_dim, aar_adjacency, aar_gcn_layers, aar_values)
+            if action_aware_reasoning
             else None
         )
         if self.action is not None:  # the output fusion also takes P^_V
-            self.output = nn.Conv2d(self.output.in_channels + mm_dim, cfg.out_dim, kernel_size=1)
+            self.output = nn.Conv2d(self.output.in_channels + self.mm_dim, self.output.out_channels, kernel_size=1)
 
     def forward(self, feats: torch.Tensor, lang: VideoLanguage, center: int | None = None) -> torch.Tensor:
         """``feats [B, K, C, h, w]`` (backbone level of the clip), ``center`` = index of the annotated
@@ -84,8 +96,31 @@ class CMPCVideo(CMPCImage):
     word_types = VIDEO_WORD_TYPES
     level_class = CMPCVideoLevel
 
+    def __init__(self, backbone: nn.Module, vocab_size: int, embeddings: torch.Tensor | None = None, *,
+                 action_aware_reasoning: bool = True, aar_adjacency: str = "dr", aar_gcn_layers: int = 1,
+                 aar_values: str = "reasoned", **image_options):
+        """The defaults are the paper's CMPC-V (``configs/model/cmpc_v.yaml``); :func:`cmpc.models.build_model`
+        passes the keys of the model config as keywords.
+
+        Args:
+            backbone: a 2-D :class:`~cmpc.models.backbone.Backbone` (frames folded into the batch) or a temporal
+                one (``backbone.temporal``, I3D: ``[U, 3, K, S, S]`` in, levels ``[U, C, T', h, w]`` out).
+            vocab_size, embeddings: as for :class:`~cmpc.models.cmpc.CMPCImage`.
+            action_aware_reasoning, aar_adjacency, aar_gcn_layers, aar_values: the AAR stage of every level,
+                see :class:`CMPCVideoLevel` (eqs. 12-21, tables 6 and 7).
+            image_options: every keyword of :class:`~cmpc.models.cmpc.CMPCImage` (widths, stages, TGFE, ConvLSTM).
+        """
+        # plain attributes, set before nn.Module.__init__ because CMPCImage.__init__ builds the levels with them
+        self.action_aware_reasoning = action_aware_reasoning
+        self.aar_options = dict(action_aware_reasoning=action_aware_reasoning, aar_adjacency=aar_adjacency,
+                                aar_gcn_layers=aar_gcn_layers, aar_values=aar_values)
+        super().__init__(backbone, vocab_size, embeddings, **image_options)
+
+    def level_extras(self) -> dict:
+        return self.aar_options
+
     def routes_words(self) -> bool:
-        return super().routes_words() or bool(self.cfg.action_aware_reasoning)
+        return super().routes_words() or bool(self.action_aware_reasoning)
 
     def encode_language(self, tokens: torch.Tensor) -> VideoLanguage:
         lang = super().encode_language(tokens)
@@ -96,7 +131,7 @@ class CMPCVideo(CMPCImage):
         return VideoLanguage(
             **base,
             action=l2_normalize(weighted_words(lang.words, p_act), dim=-1),  # eq. 12, L2-normalised like q_e and s
-            action_words=routing_words(lang.words, p_act, self.cfg.routing_scale),
+            action_words=routing_words(lang.words, p_act, self.routing_scale),
         )
 
     def clip_features(self, clips: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
@@ -105,7 +140,7 @@ class CMPCVideo(CMPCImage):
         u, k = clips.shape[:2]
         center = k // 2
         if not self.backbone.temporal:
-            if not self.cfg.action_aware_reasoning:
+            if not self.action_aware_reasoning:
                 clips, k, center = clips[:, center : center + 1], 1, 0
             return [(f.unflatten(0, (u, k)), center) for f in self.backbone_features(clips.flatten(0, 1))]
         feats = self.run_backbone(clips.transpose(1, 2))  # [U, 3, K, S, S] -> levels [U, C, T', h, w]
