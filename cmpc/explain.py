@@ -24,14 +24,14 @@ __all__ = ["capture_reasoning", "cell_cover", "outgoing_attention", "reasoning_g
 def capture_reasoning(model) -> Iterator[dict[str, tuple]]:
     """Record the RAR inputs of every level during forwards inside the ``with`` block.
 
-    Yields a dict ``{level name (model.cfg.levels, e.g. "res5"): (multimodal [B, C, h, w], relation words
+    Yields a dict ``{level name (model.level_names, e.g. "res5"): (multimodal [B, C, h, w], relation words
     [B, T, C_l], word mask [B, T])}``, overwritten by each forward; levels without RAR never appear. Works for
     CMPC-I and CMPC-V (whose RAR sees the centre frame). The hooks are removed on leaving the block.
     """
     captured: dict[str, tuple] = {}
     handles = [
         level.reasoning.register_forward_pre_hook(lambda m, args, name=name: captured.__setitem__(name, args))
-        for name, level in zip(model.cfg.levels, model.levels)
+        for name, level in zip(model.level_names, model.levels)
         if level.reasoning is not None
     ]
     try:
@@ -45,7 +45,7 @@ def capture_reasoning(model) -> Iterator[dict[str, tuple]]:
 def reasoning_graphs(model, captured: dict[str, tuple]) -> dict[str, tuple[torch.Tensor, tuple[int, int]]]:
     """``{level: (A [B, N, N], (h, w))}``: the explicit RAR adjacency (eq. 9, rows sum to 1) of each captured
     level and the grid of its N = h * w positions (row-major), on the CPU."""
-    levels = dict(zip(model.cfg.levels, model.levels))
+    levels = dict(zip(model.level_names, model.levels))
     graphs = {}
     for name, args in captured.items():
         grid = tuple(int(s) for s in args[0].shape[-2:])

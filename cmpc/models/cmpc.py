@@ -169,6 +169,7 @@ class CMPCImage(nn.Module):
         unknown = [name for name in levels if name not in LEVEL_NAMES]
         if unknown or not levels:
             raise ValueError(f"model.levels must be a non-empty subset of {list(LEVEL_NAMES)}, got {list(levels)}")
+        self.level_names = tuple(levels)
         self.level_index = [LEVEL_NAMES.index(name) for name in levels]
         self.entity_perception, self.relation_aware_reasoning = entity_perception, relation_aware_reasoning
         self.necessary_words, self.routing_scale = necessary_words, routing_scale
