@@ -12,7 +12,8 @@ from .errors import CmpcError
 
 
 def friendly_errors(main):
-    """Run ``main``; a :class:`CmpcError` becomes ``error: <message>`` on stderr and exit status 2."""
+    """Run ``main``; a :class:`CmpcError` becomes ``error: <message>`` on stderr and exit status 2, and so does
+    a file-system refusal (permission denied, no space left, ...) that no loader anticipated."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -20,6 +21,12 @@ def friendly_errors(main):
             return main(*args, **kwargs)
         except CmpcError as err:
             print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except OSError as err:
+            if err.errno is None or err.filename is None:  # not a file-system error on a named file
+                raise
+            print(f"error: {err.strerror}: {err.filename}; check the path, its permissions and the free disk "
+                  f"space", file=sys.stderr)
             sys.exit(2)
 
     return wrapper

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from cmpc.cli import friendly_errors, quiet_third_party_logs
 from cmpc.data import build_dataset
 from cmpc.engine.builders import load_trained, newest_checkpoint
+from cmpc.engine.config_check import check_dataset_root, check_eval_config
 from cmpc.engine.distributed import resolve_device
 from cmpc.engine.evaluate import evaluate
 from cmpc.engine.video import evaluate_videos, write_video_submission
@@ -40,12 +41,14 @@ def dataset_config(cfg, trained_cfg):
 @friendly_errors
 def main(cfg) -> None:
     quiet_third_party_logs()
+    check_eval_config(cfg)
     path = Path(cfg.checkpoint) if cfg.checkpoint else newest_checkpoint(cfg.paths.runs)
     if not cfg.checkpoint:
         print(f"evaluating the newest checkpoint: {path}")
     device = resolve_device(cfg.device)
     model, trained_cfg, vocab = load_trained(path, device)
     ds_cfg = dataset_config(cfg, trained_cfg)
+    check_dataset_root(ds_cfg)
     split = cfg.split or ds_cfg.eval_split
     dataset = build_dataset(ds_cfg, split, vocab)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -59,6 +62,8 @@ def main(cfg) -> None:
             print(format_table(result["by_kind"], title="by expression kind"))
         if cfg.crf:
             print(format_table(result["crf"], title=f"{title} + DenseCRF"))
+        if result["unreadable"]:
+            print(f"skipped {result['unreadable']} unreadable sample(s), left out of the metrics (reasons above)")
     if cfg.whole_videos and hasattr(dataset, "iter_expressions"):  # every frame of every expression: J&F
         videos = evaluate_videos(model, dataset, device, split=split, batch_size=cfg.batch_size, amp=cfg.amp)
         result["videos"] = videos
@@ -66,6 +71,8 @@ def main(cfg) -> None:
             print(format_table(videos["jf"], title=f"{title}: J&F over whole videos"))
             if videos["jf_by_kind"]:
                 print(format_table(videos["jf_by_kind"], title="J&F by expression kind"))
+        if videos["unreadable"]:
+            print(f"skipped {videos['unreadable']} expression(s) with unreadable frames or masks (reasons above)")
         if videos["without_gt"]:
             zip_path = out_dir / "submission.zip"
             count = write_video_submission(model, dataset, device, zip_path, split=split, batch_size=cfg.batch_size)

@@ -2,11 +2,16 @@
 ``python scripts/predict.py checkpoint=PATH image=photo.jpg text="the man on the left"``
 ``python scripts/predict.py checkpoint=PATH video=clip.mp4 text="the dog jumping"`` (a video file or a folder of frames)
 
+The image (and every frame of a folder) is read upright, as a viewer shows it (EXIF orientation applied), in any
+mode PIL opens (data/README.md, "Image files"); a sentence longer than the model's ``max_words`` tokens is cut
+to its first ``max_words`` with a warning.
+
 Images: writes ``<out>_overlay.png`` (mask over the image, sentence as title) and ``<out>_mask.png`` (0/255).
 Videos (a CMPC-V checkpoint): every frame is the centre of its own clip; writes ``<out>_overlay.gif`` and
 ``<out>_masks/<frame>.png``.
 """
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -15,24 +20,28 @@ from hydra.core.hydra_config import HydraConfig
 from cmpc.cli import friendly_errors, quiet_third_party_logs
 from cmpc.data import Letterbox
 from cmpc.data.base import read_image, read_video, resolve_offsets
+from cmpc.data.text import tokens_cut
 from cmpc.engine.builders import load_trained, newest_checkpoint
+from cmpc.engine.config_check import check_predict_config
 from cmpc.engine.distributed import resolve_device
 from cmpc.engine.video import segment_frames
-from cmpc.errors import ConfigError
 from cmpc.viz import overlay, save_png, write_gif
+
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
 @friendly_errors
 def main(cfg) -> None:
     quiet_third_party_logs()
-    if (cfg.image is None) == (cfg.video is None):
-        raise ConfigError("give exactly one of image=PATH or video=PATH")
+    check_predict_config(cfg)
     path = Path(cfg.checkpoint) if cfg.checkpoint else newest_checkpoint(cfg.paths.runs)
     device = resolve_device(cfg.device)
     model, trained, vocab = load_trained(path, device)
     ds = trained.dataset
     letterbox = Letterbox(ds.input_size, ds.mean)
     words = vocab.encode(str(cfg.text), ds.max_words)
+    if cut := tokens_cut(str(cfg.text), ds.max_words):
+        print(f"warning: the sentence has {cut} token(s) more than the model reads (dataset.max_words="
+              f"{ds.max_words}); only the first {ds.max_words} are used", file=sys.stderr)
     source = Path(cfg.image if cfg.image is not None else cfg.video)
     out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir) / f"{source.stem}_cmpc"
     out.parent.mkdir(parents=True, exist_ok=True)

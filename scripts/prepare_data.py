@@ -5,13 +5,16 @@
     python scripts/prepare_data.py dataset=unc dataset.glove=/data/glove.840B.300d.txt
 
 For every split of the dataset: the number of images/videos, objects, sentences and samples, the entries skipped
-with their reasons, and whether the first sample loads; then the published counts of the full dataset, the
-vocabulary of the training split (written under ``dataset.cache_dir``) and, when ``dataset.glove`` is set, the
-GloVe matrix cache. The index of every split is cached too, so that training starts without re-reading the
+with their reasons, the sentences longer than ``max_words`` tokens (cut to their first ``max_words``), and the
+files that cannot be read: every image / frame a split lists is opened once (a progress bar; a one-off check),
+and each unreadable one is listed by path with its reason (training and evaluation skip and count those samples);
+then the published counts of the full dataset, the vocabulary of the training split (written under
+``dataset.cache_dir``) and, when ``dataset.glove`` is set, the GloVe matrix cache. The index of every split is cached too, so that training starts without re-reading the
 annotation files. ``extract_frames=true`` (A2D) writes the PNG frames the clips need to ``Release/frames``
 (measured on a 150-frame 320x480 clip: decoding a 5-frame clip from the mp4 costs 20-80 ms, reading 5 PNGs
 ~20 ms).
-A missing or corrupt file stops with ``error: <what is missing and where to get it>`` and exit status 2.
+Skipped entries and unreadable files do not stop it (exit status 0); a missing or corrupt annotation file does,
+with ``error: <what is missing and where to get it>`` and exit status 2.
 See data/README.md.
 """
 
@@ -20,10 +23,12 @@ from __future__ import annotations
 import logging
 
 import hydra
+from tqdm import tqdm
 
 from cmpc.cli import friendly_errors, quiet_third_party_logs
 from cmpc.data import build_dataset, build_glove, build_vocab, dataset_class, vocab_path
 from cmpc.data.base import ReferringDataset
+from cmpc.data.text import MAX_WORDS, tokens_cut
 from cmpc.errors import CmpcError
 
 # Published counts of the full datasets (papers, refer API demo, CRIS per-split ref counts: docs/reference.md 3a, 1.5).
@@ -66,17 +71,15 @@ def _splits(d: dict, cls: type[ReferringDataset]) -> list[str]:
     return out
 
 
-def _check_loads(ds: ReferringDataset) -> str:
-    if len(ds):
-        raw = ds.load(0)
-        h, w = raw.frames[raw.center].shape[:2]
-        return f"first sample loads ({len(raw.frames)} frame(s) {h}x{w}, mask {int(raw.mask.sum())} px)"
-    if hasattr(ds, "iter_expressions"):
-        e = next(iter(ds.iter_expressions()), None)
-        if e is not None:
-            frames, c = e.clip_at(0)
-            return f"no masks; first clip loads ({len(frames)} frames {frames[c].shape[0]}x{frames[c].shape[1]})"
-    return "empty"
+def _check_files(ds: ReferringDataset, split: str, out) -> int:
+    """Open every image / frame the split lists (progress bar); print the unreadable ones; their number."""
+    def progress(items, total):
+        return tqdm(items, total=total, desc=f"{split}: reading files", unit="file", leave=False)
+
+    bad = ds.check_files(progress)
+    for u in bad:
+        out(f"  {'':<9}   unreadable (skipped by training and evaluation): {u.reason}")
+    return len(bad)
 
 
 def prepare(dcfg, extract_frames: bool = False, out=print) -> dict:
@@ -97,11 +100,18 @@ def prepare(dcfg, extract_frames: bool = False, out=print) -> dict:
         built[split] = ds
         table[split] = ds.counts()
         table[split]["skipped"] = sum(ds.skipped.values())
+        max_words = int(d.get("max_words", MAX_WORDS))
+        cut = sum(tokens_cut(s, max_words) > 0 for s in ds.sentences())
+        lines = [f"  {'':<9}   skipped {n:,}: {reason}" for reason, n in sorted(ds.skipped.items())]
+        if cut:
+            lines.append(f"  {'':<9}   cut {cut:,} sentence(s) longer than max_words={max_words} tokens to their "
+                         f"first {max_words} tokens (as the official code)")
+        table[split]["unreadable"] = _check_files(ds, split, lines.append)
+        table[split]["cut"] = cut
         row = "  ".join(f"{k} {v:,}" for k, v in table[split].items())
         out(f"  {split:<9} {row}")
-        for reason, n in sorted(ds.skipped.items()):
-            out(f"  {'':<9}   skipped {n:,}: {reason}")
-        out(f"  {'':<9}   {_check_loads(ds)}")
+        for line in lines:
+            out(line)
     exp = EXPECTED.get(d["name"])
     if exp:
         out("published counts of the full dataset:")

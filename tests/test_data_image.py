@@ -9,6 +9,7 @@ import torch
 
 import fixtures_data as F
 from cmpc.data import DATASETS, build_dataset, build_vocab, collate
+from cmpc.data.base import Unreadable
 from cmpc.data.refer import ReferDataset
 from cmpc.errors import ConfigError, DatasetError
 
@@ -24,6 +25,7 @@ def test_refer_family_masks_and_skips(tmp_path, name, caplog):
     assert len(ds) == 3
     assert ds.skipped == {"ref whose ann_id is not in instances.json": 1,
                           "ref without a usable segmentation (no polygon with >= 3 points, no RLE)": 1,
+                          "polygon with fewer than 3 points dropped": 1,
                           "empty sentence (no words)": 1}
     assert "skipped 1 entry: ref whose ann_id is not in instances.json" in caplog.text
     for i in range(len(ds)):
@@ -70,7 +72,9 @@ def test_refer_missing_and_corrupt_files(tmp_path):
     ds = build_dataset(cfg, "val", vocab)
     (tmp_path / "b/images/mscoco/images/train2014/COCO_train2014_000000000002.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(DatasetError, match="cannot read image .*COCO_train2014_000000000002.jpg"):
-        ds[0]
+        ds.load(0)
+    unreadable = ds[0]  # the model sample of an unreadable file: dropped and counted by collate / the loops
+    assert isinstance(unreadable, Unreadable) and "COCO_train2014_000000000002.jpg" in unreadable.reason
     # an image that is not there at all: its refs are skipped and counted; a split left empty is an error
     (tmp_path / "b/images/mscoco/images/train2014/COCO_train2014_000000000002.jpg").unlink()
     with pytest.raises(DatasetError, match=r"no usable sample in split 'val' .*image file missing under .*: 1"):

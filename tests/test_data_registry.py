@@ -119,7 +119,8 @@ def test_prepare_data_counts_and_missing_file(tmp_path):
     lines = []
     table = mod.prepare(cfg, extract_frames=True, out=lines.append)
     text = "\n".join(lines)
-    assert table["train"] == {"videos": 1, "objects": 2, "sentences": 2, "samples": 4, "skipped": 4}
+    assert table["train"] == {"videos": 1, "objects": 2, "sentences": 2, "samples": 4, "skipped": 4, "unreadable": 0,
+                              "cut": 0}
     assert "skipped 1: malformed instance id (e.g. '1 (copy)')" in text
     assert "3,782 videos / 6,655 sentences" in text
     assert re.search(r"frames for train: \d+ PNGs written", text)

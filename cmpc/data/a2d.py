@@ -22,7 +22,9 @@ and counted.
 Clip: K frames at ``frame_offsets`` relative to the annotated frame f, each clamped to the video. The default
 ``[-8, -4, 0, 4, 7]`` equals the official sampling of indices [0, 4, 8, 12, 15] of the 16-frame window
 f-8 .. f+7 (per-frame clamping, ``build_A2D_batches.frame_range``); the annotated frame is clip index 2.
-``frame_offsets: null`` gives K offsets centred on f with step ``frame_stride``.
+``frame_offsets: null`` gives K offsets centred on f with step ``frame_stride``. Only the neighbours are clamped:
+an annotated frame past the last frame the video decodes makes the sample unreadable (a DatasetError from
+:meth:`A2DDataset.load`, skipped and counted by the loaders and listed by ``prepare_data.py``).
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ import cv2
 import h5py
 import numpy as np
 
-from cmpc.data.base import (RawSample, ReferringDataset, clip_indices, read_image, require_dir, require_file,
-                            resolve_offsets)
+from cmpc.data.base import (RawSample, ReferringDataset, clip_indices, open_text, read_image, require_dir,
+                            require_file, resolve_offsets)
 from cmpc.data.text import has_words
 from cmpc.errors import ConfigError, DatasetError
 
@@ -66,15 +68,22 @@ def read_a2d_h5(path) -> tuple[np.ndarray, np.ndarray]:
 
 
 class VideoReader:
-    """Decode selected frames of an mp4 with OpenCV, with a small LRU of decoded frames."""
+    """Decode selected frames of an mp4 with OpenCV, with a small LRU of decoded frames.
+
+    ``lengths[path]`` is the number of frames the video decodes, known once a read has reached its end."""
 
     def __init__(self, max_cached: int = 48):
         self.cache: collections.OrderedDict = collections.OrderedDict()
         self.max_cached = max_cached
+        self.lengths: dict[str, int] = {}
 
-    def read(self, path: Path, indices: list[int]) -> dict[int, np.ndarray]:
-        """0-based ``indices`` -> RGB frames; indices past the end are clamped to the last frame."""
+    def read(self, path: Path, indices: list[int], required: int | None = None) -> dict[int, np.ndarray]:
+        """0-based ``indices`` -> RGB frames; indices past the end are clamped to the last frame, except
+        ``required`` (the annotated frame): a DatasetError when the video has no such frame."""
         key = str(path)
+        if required is not None and required >= self.lengths.get(key, required + 1):
+            raise DatasetError(f"annotated frame {required + 1} is beyond the {self.lengths[key]} frames {path} "
+                               f"decodes; the video is truncated: re-download it")
         out = {i: self.cache[(key, i)] for i in indices if (key, i) in self.cache}
         todo = sorted(set(indices) - set(out))
         if todo:
@@ -98,6 +107,11 @@ class VideoReader:
                 cap.release()
             if last is None:
                 raise DatasetError(f"video {path} has no decodable frame; re-download it")
+            if i <= todo[-1]:  # the video ended before the last wanted frame
+                self.lengths[key] = i
+                if required is not None and required >= i:
+                    raise DatasetError(f"annotated frame {required + 1} is beyond the {i} frames {path} "
+                                       f"decodes; the video is truncated: re-download it")
             for j in todo:
                 if j not in out:  # shorter than expected: clamp to the last decoded frame
                     out[j] = cv2.cvtColor(last, cv2.COLOR_BGR2RGB)
@@ -199,7 +213,7 @@ class A2DDataset(ReferringDataset):
             return per_video[vid]
 
         queries, items = [], []
-        with open(self.query_path, newline="", encoding="utf-8") as f:
+        with open_text(self.query_path, "A2D Sentences query file", "a2d") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None or [h.strip() for h in header[:3]] != ["video_id", "instance_id", "query"]:
@@ -256,15 +270,20 @@ class A2DDataset(ReferringDataset):
         return self.frames_dir / vid / f"{fr:05d}.png"
 
     def read_frames(self, vid: str, numbers: list[int]) -> list[np.ndarray]:
+        """RGB frames ``numbers`` (1-based) of ``vid``; the annotated one (``numbers[self.center]``) must exist,
+        neighbours past the end of the video are clamped to its last frame (DatasetError otherwise)."""
         if self.video_source != "mp4":
             paths = [self._png(vid, fr) for fr in numbers]
             if self.video_source == "frames" or all(p.is_file() for p in paths):
                 return [read_image(p) for p in paths]
-        got = self._reader.read(self.clips_dir / f"{vid}.mp4", [fr - 1 for fr in numbers])
+        got = self._reader.read(self.clips_dir / f"{vid}.mp4", [fr - 1 for fr in numbers],
+                                required=numbers[self.center] - 1)
         return [got[fr - 1] for fr in numbers]
 
     def extract_frames(self) -> tuple[int, int]:
-        """Write the PNG frames every clip of this split needs to ``frames_dir``; ``(written, present)``."""
+        """Write the PNG frames every clip of this split needs to ``frames_dir``; ``(written, present)``.
+        Frames past the end of a truncated video are not written (``video_source=auto`` then reads that clip
+        from the mp4, clamping its neighbours and skipping an annotated frame that does not exist)."""
         need: dict[str, set[int]] = collections.defaultdict(set)
         for q, fr in self.items:
             vid = self.queries[q][0]
@@ -276,9 +295,11 @@ class A2DDataset(ReferringDataset):
             present += len(need[vid]) - len(todo)
             if not todo:
                 continue
-            got = reader.read(self.clips_dir / f"{vid}.mp4", [fr - 1 for fr in todo])
+            path = self.clips_dir / f"{vid}.mp4"
+            got = reader.read(path, [fr - 1 for fr in todo])
             (self.frames_dir / vid).mkdir(parents=True, exist_ok=True)
-            for fr in todo:
+            end = reader.lengths.get(str(path), todo[-1])
+            for fr in (fr for fr in todo if fr <= end):  # no PNG copies past the end: clips clamp when read
                 p = self._png(vid, fr)
                 tmp = p.with_name(f".{p.stem}.{os.getpid()}.tmp.png")
                 if not cv2.imwrite(str(tmp), cv2.cvtColor(got[fr - 1], cv2.COLOR_RGB2BGR)):

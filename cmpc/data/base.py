@@ -8,7 +8,10 @@ raw sample into the model sample (letterbox + mean from :mod:`cmpc.data.transfor
 (docs/reference.md 1.5).
 
 Malformed dataset entries are skipped while indexing and counted per reason (``self.skipped``), with one
-warning per reason; missing or unreadable files raise :class:`cmpc.errors.DatasetError` naming the file.
+warning per reason; missing or unreadable files raise :class:`cmpc.errors.DatasetError` naming the file in
+:meth:`ReferringDataset.load`, and ``dataset[i]`` turns that into an :class:`Unreadable` sample that
+:func:`collate` drops and the train / eval loops count (:class:`UnreadableTally`), so a stray corrupt file does
+not end a long run.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import abc
 import collections
 import hashlib
+import io
 import json
 import logging
 import os
@@ -35,7 +39,7 @@ from cmpc.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: polygons clipped and validated, valid-split expressions without obj_id kept
 README = "data/README.md"
 _reported: set = set()  # (index key) whose skip counts were already logged in this process
 
@@ -49,6 +53,49 @@ class RawSample:
     mask: np.ndarray  # bool H x W ground truth of the annotated frame, original resolution
     sentence: str
     meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Stands for a sample whose files cannot be read (truncated image, annotated frame past the end of the
+    video, ...): :meth:`ReferringDataset.__getitem__` returns it, :func:`collate` drops it and lists it in
+    ``batch["unreadable"]``, and the train / eval loops count and report it (:class:`UnreadableTally`)."""
+
+    sample: str  # "<dataset>/<split>/<index>"
+    reason: str  # the DatasetError's one line (names the file)
+
+
+class UnreadableTally:
+    """Counts the samples dropped by :func:`collate` over a run; :meth:`report` gives the lines to print."""
+
+    def __init__(self) -> None:
+        self.samples: list[Unreadable] = []
+        self.readable = 0
+
+    def add(self, batch: dict) -> bool:
+        """Record ``batch["unreadable"]``; True when the batch holds no readable sample. Raises DatasetError when
+        the first samples of the run are all unreadable (a wrong folder, not a stray corrupt file)."""
+        self.samples.extend(batch.get("unreadable", ()))
+        empty = "words" not in batch
+        self.readable += 0 if empty else len(batch["words"])
+        if empty and not self.readable:
+            raise DatasetError(f"none of the first {len(self.samples)} samples can be read, e.g. "
+                               f"{self.samples[0].reason}; run scripts/prepare_data.py to list unreadable files")
+        return empty
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def report(self, what: str, limit: int = 20) -> list[str]:
+        """Lines ``skipped N unreadable samples in <what>`` + one per distinct reason (at most ``limit``)."""
+        if not self.samples:
+            return []
+        reasons = sorted({u.reason for u in self.samples})
+        lines = [f"skipped {len(self.samples)} unreadable sample(s) in {what}:"]
+        lines += [f"  {r}" for r in reasons[:limit]]
+        if len(reasons) > limit:
+            lines.append(f"  ... and {len(reasons) - limit} more")
+        return lines
 
 
 # -------------------------------------------------------------------------------------------------
@@ -74,6 +121,17 @@ def read_mat_array(path: str | os.PathLike, key: str, what: str, fix: str) -> np
     return np.asarray(mat[key])
 
 
+def open_text(path: str | os.PathLike, what: str, anchor: str) -> io.StringIO:
+    """The UTF-8 text of ``path`` (a byte-order mark is dropped) as a file object for :mod:`csv`; a one-line
+    DatasetError when the bytes are not UTF-8."""
+    p = require_file(path, what, anchor)
+    try:
+        return io.StringIO(p.read_text(encoding="utf-8-sig"), newline="")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{what} {p} is not UTF-8 text ({e}); re-download it or convert it to UTF-8 "
+                           f"({README}#{anchor})") from e
+
+
 def require_dir(path: str | os.PathLike, what: str, anchor: str) -> Path:
     p = Path(path)
     if not p.is_dir():
@@ -82,11 +140,52 @@ def require_dir(path: str | os.PathLike, what: str, anchor: str) -> Path:
     return p
 
 
+ALPHA_BACKGROUND = 255  # transparent pixels are composited over white, as a viewer on a white page shows them
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """RGB uint8 ``H x W x 3`` of a PIL image of any mode (docs in data/README.md, "Image files").
+
+    * ``1``, ``L``: grey tiled to 3 channels (``1`` gives 0 / 255);
+    * ``I;16*`` and ``I`` (16-bit grey, e.g. 16-bit PNG / TIFF): **scaled** ``round(v / 257)`` (0..65535 ->
+      0..255; values outside 0..65535 are clipped), not clipped at 255 as PIL's ``convert`` does;
+    * ``F`` (float grey): taken as fractions of white, ``round(255 * v)`` clipped to 0..255;
+    * alpha (``LA``, ``PA``, ``RGBA``, ``RGBa``, ``P`` with a transparency entry): composited over
+      white (:data:`ALPHA_BACKGROUND`), ``round(c * a / 255 + 255 * (1 - a / 255))``;
+    * ``LAB``: CIE L*a*b* -> sRGB through :mod:`PIL.ImageCms` (PIL's plain ``convert`` copies the channels);
+    * ``P``, ``CMYK``, ``YCbCr``, ``HSV``, ``RGBX``: PIL's ``convert("RGB")`` (CMYK without ICC management).
+
+    Embedded ICC profiles are not applied. Raises ``ValueError`` for a mode PIL cannot convert.
+    """
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        v = np.asarray(im).astype(np.float64)
+        grey = np.rint(np.clip(v, 0, 65535) / 257.0).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "F":
+        grey = np.rint(np.clip(np.nan_to_num(np.asarray(im, dtype=np.float64)), 0, 1) * 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "LAB":
+        from PIL import ImageCms
+
+        transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"),
+                                            "LAB", "RGB")
+        return np.asarray(ImageCms.applyTransform(im, transform), dtype=np.uint8).copy()
+    if (mode == "P" and "transparency" in im.info) or mode in ("PA", "LA", "RGBa"):
+        im = im.convert("RGBA")  # PIL un-premultiplies RGBa here
+    if im.mode == "RGBA":
+        rgba = np.asarray(im, dtype=np.float64)
+        alpha = rgba[..., 3:] / 255.0
+        return np.rint(rgba[..., :3] * alpha + ALPHA_BACKGROUND * (1 - alpha)).astype(np.uint8)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
 def read_image(path: str | os.PathLike, *, upright: bool = False) -> np.ndarray:
-    """RGB uint8 ``H x W x 3`` (grey / palette / CMYK images converted; grey tiled to 3 channels).
+    """RGB uint8 ``H x W x 3`` of any image mode PIL opens (:func:`to_rgb`); the first frame of animations.
 
     ``upright=False`` (dataset images) keeps the stored pixel order, on which annotations are drawn;
     ``upright=True`` (predict / demo inputs) applies the EXIF orientation, giving the picture a viewer shows.
+    Raises DatasetError (one line naming the file) when the file is missing, truncated or not an image.
     """
     p = Path(path)
     if not p.is_file():
@@ -95,7 +194,7 @@ def read_image(path: str | os.PathLike, *, upright: bool = False) -> np.ndarray:
         with Image.open(p) as im:
             if upright:
                 im = ImageOps.exif_transpose(im)
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+            return to_rgb(im)
     except Exception as e:  # PIL raises many types for corrupt files
         raise DatasetError(f"cannot read image {p} ({type(e).__name__}: {e}); the file is corrupt: "
                            f"re-download or re-extract it") from e
@@ -220,13 +319,43 @@ class ReferringDataset(torch.utils.data.Dataset, abc.ABC):
         """Statistics printed by prepare_data: images/videos, objects, sentences, samples."""
         return {"samples": len(self)}
 
+    def check_files(self, progress: Callable = lambda items, total: items) -> list[Unreadable]:
+        """Read the files of every sample once (the first sample of each :meth:`group_key`: image, clip) and
+        return those that cannot be read, each with its one-line reason naming the file (prepare_data.py).
+        ``progress(iterable, total)`` wraps the loop (e.g. ``tqdm``)."""
+        first: dict[str, int] = {}
+        for i in range(len(self)):
+            first.setdefault(self.group_key(i), i)
+        bad = []
+        for key, i in progress(first.items(), total=len(first)):
+            try:
+                self.load(i)
+            except DatasetError as e:
+                bad.append(Unreadable(key, str(e)))
+        return bad
+
     # -- model sample -------------------------------------------------------------------------------
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def try_load(self, index: int) -> RawSample | Unreadable:
+        """:meth:`load`, or :class:`Unreadable` (logged as a warning) when a file of the sample cannot be read."""
+        try:
+            return self.load(index)
+        except DatasetError as e:
+            log.warning("%s/%s sample %d skipped: %s", self.name, self.split, index, e)
+            return Unreadable(f"{self.name}/{self.split}/{index}", str(e))
+
+    def __getitem__(self, index: int) -> dict[str, Any] | Unreadable:
+        """The model sample ``index``, or :class:`Unreadable` when its files (or its sentence) cannot be used."""
         if self.vocab is None:
             raise ConfigError(f"dataset '{self.name}' was built without a vocabulary; pass the one from "
                               f"cmpc.data.build_vocab(cfg) to build_dataset")
-        raw = self.load(index)
-        return self.to_model_sample(raw)
+        raw = self.try_load(index)
+        if isinstance(raw, Unreadable):
+            return raw
+        try:
+            return self.to_model_sample(raw)
+        except DatasetError as e:
+            log.warning("%s/%s sample %d skipped: %s", self.name, self.split, index, e)
+            return Unreadable(f"{self.name}/{self.split}/{index}", str(e))
 
     def to_model_sample(self, raw: RawSample) -> dict[str, Any]:
         meta = dict(raw.meta)
@@ -317,10 +446,20 @@ class ReferringDataset(torch.utils.data.Dataset, abc.ABC):
 STACKED = ("image", "clip", "words", "target")
 
 
-def collate(samples: Sequence[dict]) -> dict[str, Any]:
-    """Stack ``image``/``clip``/``words``/``target``; keep ``gt``, ``meta`` (and any other key) as lists."""
+def collate(samples: Sequence[dict | Unreadable]) -> dict[str, Any]:
+    """Stack ``image``/``clip``/``words``/``target``; keep ``gt``, ``meta`` (and any other key) as lists.
+
+    :class:`Unreadable` samples are dropped and listed in ``batch["unreadable"]`` (key absent when none); a batch
+    of unreadable samples only is ``{"unreadable": [...]}``.
+    """
     if not samples:
         raise ValueError("collate() got an empty list of samples")
+    dropped = [s for s in samples if isinstance(s, Unreadable)]
+    if dropped:
+        kept = [s for s in samples if not isinstance(s, Unreadable)]
+        batch = collate(kept) if kept else {}
+        batch["unreadable"] = dropped
+        return batch
     keys = set(samples[0])
     for s in samples[1:]:
         if set(s) != keys:
@@ -338,6 +477,8 @@ def collate_grouped(samples: Sequence[dict]) -> dict[str, Any]:
     """:func:`collate`, keeping one image per ``meta["group"]``: ``image [U, 3, S, S]`` holds the distinct images
     and ``image_index [B]`` maps every sentence to its image (the model then runs the backbone once per image)."""
     batch = collate(samples)
+    if "words" not in batch:  # every sample unreadable
+        return batch
     key = "clip" if "clip" in batch else "image"
     first: dict[str, int] = {}  # group -> position of its first sample
     for i, meta in enumerate(batch["meta"]):

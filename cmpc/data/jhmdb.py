@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from cmpc.data.a2d import OFFICIAL_OFFSETS
-from cmpc.data.base import (RawSample, ReferringDataset, clip_indices, read_image, read_mat_array, require_dir,
-                            require_file, resolve_offsets)
+from cmpc.data.base import (RawSample, ReferringDataset, clip_indices, open_text, read_image, read_mat_array,
+                            require_dir, require_file, resolve_offsets)
 from cmpc.data.text import has_words
 from cmpc.errors import ConfigError, DatasetError
 
@@ -111,7 +111,7 @@ class JHMDBDataset(ReferringDataset):
                 for vid in os.listdir(d):
                     action_of[vid] = action
         samples = []
-        with open(self.ann_path, newline="", encoding="utf-8") as f:
+        with open_text(self.ann_path, "J-HMDB Sentences query file", "jhmdb") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None or len(header) < 2:

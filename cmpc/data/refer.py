@@ -3,16 +3,18 @@
 Reads the files of lichengunc/refer directly (docs/reference.md section 3a) and follows CMPC's data selection
 (section 1.5):
 
-* ``<root>/<refer_dataset>/refs(<split_by>).p``: pickled list of refs (Python-2 pickles are loaded with
-  ``encoding='latin1'`` when the default fails); ``<root>/<refer_dataset>/instances.json``: COCO-style images and
+* ``<root>/<refer_dataset>/refs(<split_by>).p``: pickled list of refs (text of Python-2 pickles decoded as
+  UTF-8, else latin-1: :func:`load_pickle`); ``<root>/<refer_dataset>/instances.json``: COCO-style images and
   annotations; images in ``<root>/<image_dir>/<file_name>``.
 * refs selected by **exact** split match ``ref['split'] == split`` (the refer API's ``getRefIds`` would match
   ``'test'`` against ``testA``/``testB`` too; CMPC does not).
 * every sentence of a selected ref is one sample; the text is ``sentence['sent']`` (CMPC, CRIS) or
   ``sentence['raw']`` (LAVT, ReLA) -- option ``sentence_field``.
 * mask = ``pycocotools.mask.frPyObjects(segmentation, h, w)`` -> ``decode`` -> any over polygons; polygons
-  (refcoco*) and RLE (refclef; compressed or not) are both accepted. Polygons with fewer than 3 points are
-  dropped (pycocotools would read a 4-number list as a box); a ref left without geometry is skipped.
+  (refcoco*) and RLE (refclef; compressed or not) are both accepted. Polygons are clipped to the image (so a
+  vertex at 1e8 costs no memory) and malformed ones dropped and counted: NaN / infinite coordinates, odd length,
+  fewer than 3 points (pycocotools would read a 4-number list as a box); RLEs must have the image's size. A ref
+  left without geometry is skipped.
 * the expression kind is ``ref.get('kind')`` (only the synthetic benchmark has one);
 * a ref with ``ann_id == -1`` (synthetic "negative" expressions, gRefCOCO style) refers to nothing: its mask
   is empty and ``meta['no_target']`` is True (False for every other sample).
@@ -38,15 +40,37 @@ from cmpc.errors import ConfigError, DatasetError
 log = logging.getLogger(__name__)
 
 
+def _py2_text(obj):
+    """Byte strings of a Python-2 pickle (loaded with ``encoding='bytes'``) as text, recursively: UTF-8 when the
+    bytes are valid UTF-8 (what Python 2 code wrote for typed text), else latin-1 (every byte one character)."""
+    if isinstance(obj, bytes):
+        try:
+            return obj.decode("utf-8")
+        except UnicodeDecodeError:
+            return obj.decode("latin-1")
+    if isinstance(obj, dict):
+        return {_py2_text(k): _py2_text(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_py2_text(v) for v in obj)
+    return obj
+
+
 def load_pickle(path: str | os.PathLike):
-    """``pickle.load`` with a ``latin1`` fallback for Python-2 pickles."""
+    """``pickle.load`` of a refs file written by Python 3 or Python 2, text decoded as the annotator typed it.
+
+    A Python-2 ``str`` is a byte string: the default load fails on non-ASCII bytes, so such pickles are re-read
+    with ``encoding='bytes'`` and every byte string is decoded as UTF-8, falling back to latin-1
+    (:func:`_py2_text`); ``encoding='latin1'`` alone would turn UTF-8 "café" into "cafÃ©". Python-2 ``unicode``
+    and Python-3 ``str`` values are stored as UTF-8 by pickle and need nothing.
+    """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
-    except UnicodeDecodeError:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        except UnicodeDecodeError:
+            with open(path, "rb") as f:
+                return _py2_text(pickle.load(f, encoding="bytes"))
     except Exception as e:
         raise DatasetError(f"cannot read {path} ({type(e).__name__}: {e}); the file is corrupt: "
                            f"re-download it") from e
@@ -55,31 +79,92 @@ def load_pickle(path: str | os.PathLike):
 def load_json(path: str | os.PathLike):
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is tolerated
             return json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
         raise DatasetError(f"cannot parse {path} ({e}); the file is corrupt: re-download it") from e
 
 
-def clean_segmentation(seg):
-    """Polygons with >= 3 points, or an RLE dict; ``None`` when nothing usable is left."""
+def clip_polygon(xy: np.ndarray, h: int, w: int, margin: float = 1.0) -> np.ndarray:
+    """Polygon ``xy [N, 2]`` (x, y in pixels) clipped to the box ``[-margin, w + margin] x [-margin, h + margin]``
+    (Sutherland-Hodgman; exact for any polygon against a rectangle). Returns ``[M, 2]``, M may be < 3.
+
+    Rasterisation inside the image is unchanged (the cut edges lie outside it), and the edges pycocotools draws
+    are bounded by the image size, so decoding costs memory ``O(h * w)`` whatever the coordinates.
+    """
+    pts = [tuple(p) for p in np.asarray(xy, dtype=np.float64)]
+    for axis, bound, keep_below in ((0, -margin, False), (0, w + margin, True), (1, -margin, False),
+                                    (1, h + margin, True)):
+        def inside(p):
+            return p[axis] <= bound if keep_below else p[axis] >= bound
+
+        out = []
+        for i, cur in enumerate(pts):
+            prev = pts[i - 1]
+            if inside(cur) != inside(prev):  # the edge crosses the bound: add the crossing point
+                t = (bound - prev[axis]) / (cur[axis] - prev[axis])
+                cross = [prev[0] + t * (cur[0] - prev[0]), prev[1] + t * (cur[1] - prev[1])]
+                cross[axis] = bound
+                out.append(tuple(cross))
+            if inside(cur):
+                out.append(cur)
+        pts = out
+        if not pts:
+            break
+    return np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+
+
+def clean_segmentation(seg, h: int, w: int, skip=None):
+    """Usable geometry of an annotation on an ``h x w`` image: polygons clipped to the image (:func:`clip_polygon`)
+    or an RLE dict / list of RLE dicts of size ``[h, w]``; ``None`` when nothing usable is left.
+
+    Each dropped part is reported through ``skip(reason)``: a polygon with NaN / infinite / non-numeric
+    coordinates, an odd number of coordinates, fewer than 3 points, or nothing left inside the image; an RLE
+    whose size is not the image size or whose counts do not cover it.
+    """
+    skip = skip or (lambda reason, n=1: None)
+
+    def rle_ok(r) -> bool:
+        if not (isinstance(r, dict) and "counts" in r and "size" in r):
+            skip("RLE without 'counts' and 'size' dropped")
+            return False
+        if [int(v) for v in r["size"]] != [h, w]:
+            skip("RLE whose size is not the image size dropped")
+            return False
+        if isinstance(r["counts"], list) and sum(int(c) for c in r["counts"]) != h * w:
+            skip("uncompressed RLE whose counts do not sum to height x width dropped")
+            return False
+        return True
+
     if isinstance(seg, dict):
-        if "counts" in seg and "size" in seg:
-            return seg
+        return seg if rle_ok(seg) else None
+    if not isinstance(seg, (list, tuple)):
         return None
-    if isinstance(seg, (list, tuple)):
-        if seg and isinstance(seg[0], dict):  # list of RLEs
-            rles = [r for r in seg if isinstance(r, dict) and "counts" in r and "size" in r]
-            return rles or None
-        polys = []
-        for p in seg:
-            if isinstance(p, (list, tuple)) and len(p) >= 6 and len(p) % 2 == 0:
-                try:
-                    polys.append([float(v) for v in p])
-                except (TypeError, ValueError):
-                    continue
-        return polys or None
-    return None
+    if seg and isinstance(seg[0], dict):  # list of RLEs
+        rles = [r for r in seg if rle_ok(r)]
+        return rles or None
+    polys = []
+    for p in seg:
+        try:
+            xy = np.asarray(p, dtype=np.float64)
+        except (TypeError, ValueError):
+            skip("polygon with non-numeric coordinates dropped")
+            continue
+        if xy.ndim != 1:
+            skip("polygon that is not a flat list of numbers dropped")
+        elif not np.isfinite(xy).all():
+            skip("polygon with NaN or infinite coordinates dropped")
+        elif xy.size % 2:
+            skip("polygon with an odd number of coordinates dropped")
+        elif xy.size < 6:
+            skip("polygon with fewer than 3 points dropped")
+        else:
+            clipped = clip_polygon(xy.reshape(-1, 2), h, w)
+            if len(clipped) < 3:
+                skip("polygon entirely outside the image dropped")
+            else:
+                polys.append([float(v) for v in clipped.ravel()])
+    return polys or None
 
 
 def segmentation_to_mask(seg, h: int, w: int) -> np.ndarray:
@@ -165,7 +250,8 @@ class ReferDataset(ReferringDataset):
             if img is None or "file_name" not in img:
                 skip("ref whose image_id is not in instances.json", max(1, len(sents)))
                 continue
-            seg = None if no_target else clean_segmentation(ann.get("segmentation"))
+            seg = None if no_target else clean_segmentation(ann.get("segmentation"), int(img["height"]),
+                                                             int(img["width"]), skip)
             if seg is None and not no_target:
                 skip("ref without a usable segmentation (no polygon with >= 3 points, no RLE)",
                      max(1, len(sents)))

@@ -70,6 +70,11 @@ def has_words(sentence: str) -> bool:
     return any(_WORD.search(t) for t in tokenize(sentence))
 
 
+def tokens_cut(sentence: str, max_words: int = MAX_WORDS) -> int:
+    """How many tokens :meth:`Vocabulary.encode` drops from ``sentence`` (it keeps the first ``max_words``)."""
+    return max(len(tokenize(sentence)) - int(max_words), 0)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -6,7 +6,9 @@ Files under ``root``:
   palette PNGs whose pixel value is the object id (0 = background); the object's mask is
   ``np.array(Image.open(png)) == int(obj_id)``;
 * ``meta_expressions/<split>/meta_expressions.json``:
-  ``{"videos": {vid: {"expressions": {exp_id: {"exp": str, "obj_id": str}}, "frames": [name, ...]}}}``;
+  ``{"videos": {vid: {"expressions": {exp_id: {"exp": str, "obj_id": str}}, "frames": [name, ...]}}}``; a split
+  without ``Annotations`` (the real ``valid``, evaluated by the server) lists ``{"exp": str}`` only: its
+  expressions are counted as the server-evaluation set, not as malformed;
   ``valid`` = the valid json minus the videos of ``meta_expressions/test/meta_expressions.json`` (the valid json
   lists valid + test; without a test json every video is kept);
 * optional ``<split>/meta.json`` (``objects.<obj_id>.frames`` = frames where the object appears) -- used to find
@@ -39,8 +41,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from cmpc.data.base import (RawSample, ReferringDataset, clip_indices, read_image, require_dir, require_file,
-                            resolve_offsets)
+from cmpc.data.base import (RawSample, ReferringDataset, Unreadable, clip_indices, read_image, require_dir,
+                            require_file, resolve_offsets)
 from cmpc.data.refer import load_json
 from cmpc.data.text import has_words
 from cmpc.errors import ConfigError, DatasetError
@@ -73,7 +75,7 @@ class VideoExpression:
     video_id: str
     exp_id: str
     sentence: str
-    obj_id: str
+    obj_id: str | None  # None in the server-evaluation split (real `valid` lists only the text)
     frames: list  # frame names, in order
     kind: Any
     has_gt: bool
@@ -101,7 +103,8 @@ class VideoExpression:
         frames, center = self.clip_at(frame_index)
         meta = {"dataset": self.dataset.name, "split": self.split, "video_id": self.video_id,
                 "exp_id": self.exp_id, "obj_id": self.obj_id, "frame": self.frames[frame_index],
-                "frame_index": frame_index, "kind": self.kind, "no_target": int(self.obj_id) < 0,
+                "frame_index": frame_index, "kind": self.kind,
+                "no_target": self.obj_id is not None and int(self.obj_id) < 0,
                 "group": f"{self.dataset.name}/{self.video_id}/{self.frames[frame_index]}",
                 "sample_id": f"{self.dataset.name}/{self.split}/{self.video_id}/{self.exp_id}/"
                              f"{self.frames[frame_index]}"}
@@ -179,6 +182,7 @@ class YTVOSDataset(ReferringDataset):
             test = load_json(self.meta_path("test"))
             drop = set((test.get("videos") or {}) if isinstance(test, dict) else {})
         kinds = self.kinds()
+        server_only = not (self.split_dir(split) / "Annotations").is_dir()  # real `valid`: no obj_id, no masks
         out_videos, exprs = {}, []
         for vid in sorted(videos):
             if vid in drop:
@@ -193,11 +197,14 @@ class YTVOSDataset(ReferringDataset):
             out_videos[vid] = frames
             for eid in sorted(ex, key=lambda k: (len(str(k)), str(k))):
                 e = ex[eid]
-                if not isinstance(e, dict) or not isinstance(e.get("exp"), str) or "obj_id" not in e:
-                    skip("malformed expression (no 'exp' text or 'obj_id')")
+                if not isinstance(e, dict) or not isinstance(e.get("exp"), str):
+                    skip("malformed expression (no 'exp' text)")
+                    continue
+                if "obj_id" not in e and not server_only:
+                    skip("malformed expression (no 'obj_id' in a split with annotations)")
                     continue
                 try:
-                    obj = int(e["obj_id"])
+                    obj = None if "obj_id" not in e else int(e["obj_id"])
                 except (TypeError, ValueError):
                     skip("malformed expression (obj_id is not an integer)")
                     continue
@@ -206,7 +213,8 @@ class YTVOSDataset(ReferringDataset):
                     continue
                 kind = (kinds.get(vid) or {}).get(str(eid)) if isinstance(kinds.get(vid), dict) else None
                 exprs.append({"video_id": vid, "exp_id": str(eid), "sentence": e["exp"],
-                              "obj_id": str(e["obj_id"]), "kind": kind, "no_target": obj < 0})
+                              "obj_id": None if obj is None else str(e["obj_id"]), "kind": kind,
+                              "no_target": obj is not None and obj < 0})
         self._metas[split] = {"videos": out_videos, "expressions": exprs}
         return out_videos, exprs
 
@@ -307,10 +315,29 @@ class YTVOSDataset(ReferringDataset):
     def available_splits(self) -> list[str]:
         return [s for s in ("train", "valid", "test") if self.meta_path(s).is_file()]
 
+    def check_files(self, progress=lambda items, total: items) -> list:
+        """Read every listed frame (JPEG) and annotation PNG of the split's videos once; the unreadable ones."""
+        videos, _ = self.read_meta(self.split)
+        ann = self.split_dir(self.split) / "Annotations"
+        jobs = [(vid, f) for vid, frames in videos.items() for f in frames]
+        bad = []
+        for vid, f in progress(jobs, total=len(jobs)):
+            png = ann / vid / f"{f}.png"
+            try:
+                read_image(self.split_dir(self.split) / "JPEGImages" / vid / f"{f}.jpg")
+                if png.is_file():
+                    read_palette_png(png)
+            except DatasetError as e:
+                bad.append(Unreadable(f"{self.name}/{self.split}/{vid}/{f}", str(e)))
+        return bad
+
     def sentences(self) -> list[str]:
         return [e["sentence"] for e in self.expressions]
 
     def counts(self) -> dict[str, int]:
+        if not self.has_gt:  # the server-evaluation set (real `valid`): expressions without public masks
+            return {"videos": len({e["video_id"] for e in self.expressions}),
+                    "expressions for server evaluation": len(self.expressions), "samples": 0}
         return {"videos": len({e["video_id"] for e in self.expressions}),
                 "objects": len({(e["video_id"], e["obj_id"]) for e in self.expressions}),
                 "sentences": len(self.expressions), "samples": len(self.items)}

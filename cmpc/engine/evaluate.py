@@ -10,15 +10,20 @@ unions are gathered on every rank.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..data import collate_grouped
+from ..data.base import UnreadableTally
 from ..metrics import RefSegMetrics
 from ..models.functional import upsample_logits
 from .distributed import DistInfo, gather_objects
+
+log = logging.getLogger(__name__)
 
 
 def model_inputs(batch: dict, device: torch.device, channels_last: bool = False) -> tuple:
@@ -49,7 +54,9 @@ def predict_logits(model, batch: dict, device: torch.device, amp: str = "off", c
 def evaluate(model, dataset, *, device, info: DistInfo = DistInfo(), batch_size: int = 16, num_workers: int = 0,
              amp: str = "off", crf: bool = False, crf_workers: int | None = None, video: bool = False,
              progress: bool = True, desc: str = "eval") -> dict:
-    """Metrics of ``model`` on ``dataset``: ``{"metrics", "by_kind"}`` and, with CRF, ``{"crf", "crf_by_kind"}``."""
+    """Metrics of ``model`` on ``dataset``: ``{"metrics", "by_kind", "unreadable"}`` and, with CRF, ``{"crf",
+    "crf_by_kind"}``. Samples whose files cannot be read are left out of the metrics and counted in
+    ``unreadable`` (each reason logged as a warning)."""
     device = torch.device(device)
     model.eval()
     shard = Subset(dataset, range(info.rank, len(dataset), info.world_size))
@@ -63,8 +70,11 @@ def evaluate(model, dataset, *, device, info: DistInfo = DistInfo(), batch_size:
 
         pool = CRFPool(crf_workers)
     letterbox = dataset.letterbox
+    unreadable = UnreadableTally()
     try:
         for batch in tqdm(loader, desc=desc, disable=not (progress and info.is_main), leave=False):
+            if unreadable.add(batch):
+                continue
             logits = predict_logits(model, batch, device, amp)
             for score, gt, meta in zip(logits, batch["gt"], batch["meta"]):
                 plain.update(letterbox.invert(score, gt.shape) >= 0, gt, kind=meta.get("kind"))
@@ -79,7 +89,9 @@ def evaluate(model, dataset, *, device, info: DistInfo = DistInfo(), batch_size:
     finally:
         if pool is not None:
             pool.close()
-    results = {}
+    results = {"unreadable": sum(gather_objects(len(unreadable), info))}
+    for line in unreadable.report(desc):
+        log.warning(line)
     for key, metrics in (("metrics", plain), ("crf", refined)):
         if key == "crf" and not crf:
             continue

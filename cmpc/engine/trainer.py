@@ -20,12 +20,14 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ..data import collate, collate_grouped
+from ..data.base import RawSample, UnreadableTally
 from ..errors import ConfigError
 from ..metrics import format_table
 from ..models.loss import referring_loss
 from ..viz import overlay
 from . import checkpoint as ckpt
 from .builders import build_datasets, build_model_for, check_pretrained
+from .config_check import check_train_config
 from .distributed import barrier, cleanup, init_distributed, resolve_device
 from .evaluate import autocast, evaluate, model_inputs, predict_logits
 from .optim import build_optimizer, learning_rate, set_learning_rate
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 def log_predictions(writer: SummaryWriter, model, dataset, device, step: int, count: int = 4) -> None:
     """A few validation predictions (mask over the image, sentence as title) as TensorBoard images.
     Call with the model in eval mode."""
-    raws = [dataset.load(i) for i in range(min(count, len(dataset)))]
+    raws = [raw for raw in map(dataset.try_load, range(min(count, len(dataset)))) if isinstance(raw, RawSample)]
     if not raws:
         return
     logits = predict_logits(model, collate([dataset.to_model_sample(raw) for raw in raws]), device)
@@ -92,6 +94,7 @@ def train_step(net, batch: dict, optimizer, scaler, t, device: torch.device) -> 
 
 def train(cfg, run_dir: str | Path) -> dict:
     """Train, evaluate and return ``{"val": ..., "test": ..., "history": [...]}``."""
+    check_train_config(cfg)
     check_pretrained(cfg)
     run_dir = Path(run_dir)
     t = cfg.trainer
@@ -166,16 +169,21 @@ def train(cfg, run_dir: str | Path) -> dict:
     model.train()
     bar = tqdm(total=t.steps, initial=step, desc="train", disable=not info.is_main, dynamic_ncols=True)
     tick, seen = time.perf_counter(), 0
+    unreadable = UnreadableTally()
     for batch in loader:
         if step >= stop:
             break
         lr = learning_rate(step, t)
         set_learning_rate(optimizer, lr)
-        loss, parts = train_step(net, batch, optimizer, scaler, t, device)
+        empty = unreadable.add(batch)  # True when nothing in the batch could be read: the step trains nothing
+        if not empty:
+            loss, parts = train_step(net, batch, optimizer, scaler, t, device)
+            seen += len(batch["words"]) * info.world_size
+            history.append(loss)
         step += 1
-        seen += len(batch["words"]) * info.world_size
-        history.append(loss)
-        if info.is_main:
+        if info.is_main and empty:
+            bar.update(1)
+        elif info.is_main:
             rate = seen / max(time.perf_counter() - tick, 1e-9)
             bar.set_postfix(loss=f"{history[-1]:.4f}", sent_per_s=f"{rate:.1f}")
             bar.update(1)
@@ -194,7 +202,9 @@ def train(cfg, run_dir: str | Path) -> dict:
     if log_file is not None:
         log_file.close()
 
-    results: dict = {"step": step, "history": history}
+    results: dict = {"step": step, "history": history, "unreadable_train_samples": len(unreadable)}
+    for line in unreadable.report("the training split") if info.is_main else ():
+        log.warning(line)
     if step >= t.steps:
         results["val"] = validate()
         barrier(info)

@@ -19,6 +19,7 @@ Splits without masks (the real Refer-YouTube-VOS ``valid``) go through :func:`wr
 
 from __future__ import annotations
 
+import logging
 from typing import Iterator
 
 import numpy as np
@@ -29,7 +30,10 @@ from ..data import VideoExpression, write_submission
 from ..data.base import clip_indices
 from ..metrics import RefSegMetrics, VideoJF
 from ..models.functional import upsample_logits
+from ..errors import DatasetError
 from .evaluate import autocast
+
+log = logging.getLogger(__name__)
 
 
 def _frames_of(expression: VideoExpression, letterbox):
@@ -100,22 +104,29 @@ def evaluate_videos(
 ) -> dict:
     """J&F and frame-level metrics of ``model`` over every expression of ``split`` (default: the dataset's).
 
-    Returns ``{"jf", "jf_by_kind", "metrics", "by_kind", "expressions", "without_gt"}``; expressions of
-    videos without masks are counted in ``without_gt`` and skipped. ``limit`` caps the expressions."""
+    Returns ``{"jf", "jf_by_kind", "metrics", "by_kind", "expressions", "without_gt", "unreadable"}``;
+    expressions of videos without masks are counted in ``without_gt`` and skipped, those with a frame or mask
+    that cannot be read in ``unreadable`` (the reason logged). ``limit`` caps the expressions."""
     model.eval()
     jf, frames = VideoJF(), RefSegMetrics.video()
-    without_gt = 0
+    without_gt, unreadable = 0, 0
     for expression in tqdm(_expressions(dataset, split, limit), desc="videos", disable=not progress, leave=False):
-        gts = expression.gt_masks()
-        if gts is None:
-            without_gt += 1
+        try:
+            gts = expression.gt_masks()
+            if gts is None:
+                without_gt += 1
+                continue
+            preds = segment_video(model, expression, dataset.letterbox, device, batch_size=batch_size, amp=amp)
+        except DatasetError as e:
+            log.warning("expression %s/%s skipped: %s", expression.video_id, expression.exp_id, e)
+            unreadable += 1
             continue
-        preds = segment_video(model, expression, dataset.letterbox, device, batch_size=batch_size, amp=amp)
         jf.update(preds, gts, kind=expression.kind)
         for pred, gt in zip(preds, gts):
             frames.update(pred, gt, kind=expression.kind)
     return {"jf": jf.compute(), "jf_by_kind": jf.compute_by_kind(), "metrics": frames.compute(),
-            "by_kind": frames.compute_by_kind(), "expressions": len(jf), "without_gt": without_gt}
+            "by_kind": frames.compute_by_kind(), "expressions": len(jf), "without_gt": without_gt,
+            "unreadable": unreadable}
 
 
 def write_video_submission(model, dataset, device, out_zip, *, split: str | None = None, batch_size: int = 8,

@@ -1,0 +1,111 @@
+"""Config values checked before any data is read or model built: one ConfigError line per fault, naming the
+key and its allowed range (README "Checks on inputs").
+
+:func:`check_train_config` (train.py, :func:`cmpc.engine.trainer.train`), :func:`check_eval_config` (eval.py)
+and :func:`check_predict_config` (predict.py) each check the keys their script reads; :func:`check_dataset_root`
+checks that an existing ``dataset.root`` can be read.
+"""
+
+from __future__ import annotations
+
+import os
+from numbers import Integral, Real
+
+import torch
+from omegaconf import OmegaConf
+
+from ..errors import ConfigError
+
+# key -> (kind, lowest allowed value, what the range means); kind "int" | "number"; None allowed where noted
+TRAINER_RULES = {
+    "steps": ("int", 1, "an integer >= 1 (optimisation steps)"),
+    "batch_size": ("int", 1, "an integer >= 1 (sentences per global batch)"),
+    "eval_batch_size": ("int", 1, "an integer >= 1"),
+    "num_workers": ("int", 0, "an integer >= 0 (0 = load data in the main process)"),
+    "checkpoint_every": ("int", 1, "an integer >= 1 (steps between last.pt writes)"),
+    "log_every": ("int", 1, "an integer >= 1 (steps between TensorBoard scalars)"),
+    "eval_every": ("int", 0, "an integer >= 0 (0 = validate only at the end)"),
+    "lr": ("number", 0, "a number >= 0"),
+    "end_lr": ("number", 0, "a number >= 0"),
+    "weight_decay": ("number", 0, "a number >= 0"),
+}
+OPTIONAL_TRAINER_RULES = {  # null allowed
+    "stop_at_step": ("int", 1, "null or an integer >= 1"),
+    "grad_clip": ("number", 0, "null or a number >= 0 (null or 0 = off)"),
+}
+CHOICES = {"trainer.amp": ("off", "bf16", "fp16")}
+
+
+def _check_value(key: str, value, kind: str, lowest, allowed: str) -> None:
+    is_int = isinstance(value, Integral) and not isinstance(value, bool)
+    is_number = is_int or (isinstance(value, Real) and not isinstance(value, bool) and value == value
+                           and abs(value) != float("inf"))
+    if (kind == "int" and not is_int) or not is_number or value < lowest:
+        raise ConfigError(f"{key}={value!r} is out of range: it must be {allowed}")
+
+
+def _get(cfg, key: str):
+    if OmegaConf.is_missing(cfg, key):
+        raise ConfigError(f"{key} is required: set {key}=... on the command line")
+    return OmegaConf.select(cfg, key, default=None)
+
+
+def check_device(cfg) -> None:
+    """``device``: auto, cpu, cuda, cuda:N (or another name torch.device accepts)."""
+    name = _get(cfg, "device")
+    if name == "auto":
+        return
+    try:
+        torch.device(str(name))
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+
+
+def check_dataset_root(dataset) -> None:
+    """An existing ``dataset.root`` must be a readable folder (a missing one is reported by the dataset, or
+    generated for the synthetic sets)."""
+    root = OmegaConf.select(dataset, "root", default=None) if OmegaConf.is_config(dataset) else dataset.get("root")
+    if not root or not os.path.exists(str(root)):
+        return
+    if not os.path.isdir(str(root)):
+        raise ConfigError(f"dataset.root={root} is a file, not a folder; point it at the folder described in "
+                          f"data/README.md")
+    if not os.access(str(root), os.R_OK | os.X_OK):
+        raise ConfigError(f"dataset.root={root} cannot be read (permission denied); fix its permissions "
+                          f"(chmod -R u+rX) or copy the dataset somewhere readable")
+
+
+def check_train_config(cfg) -> None:
+    """The trainer keys (:data:`TRAINER_RULES`), ``trainer.amp``, ``device`` and the dataset root."""
+    for name, (kind, lowest, allowed) in TRAINER_RULES.items():
+        _check_value(f"trainer.{name}", _get(cfg, f"trainer.{name}"), kind, lowest, allowed)
+    for name, (kind, lowest, allowed) in OPTIONAL_TRAINER_RULES.items():
+        value = _get(cfg, f"trainer.{name}")
+        if value is not None:
+            _check_value(f"trainer.{name}", value, kind, lowest, allowed)
+    for key, choices in CHOICES.items():
+        value = _get(cfg, key)
+        if value is not None and str(value) not in choices:
+            raise ConfigError(f"{key}={value!r} is unknown: use one of {', '.join(choices)}")
+    check_device(cfg)
+    check_dataset_root(cfg.dataset)
+
+
+def check_eval_config(cfg) -> None:
+    """eval.py's ``batch_size``, ``num_workers``, ``crf_workers``, ``amp`` and ``device``."""
+    _check_value("batch_size", _get(cfg, "batch_size"), "int", 1, "an integer >= 1")
+    _check_value("num_workers", _get(cfg, "num_workers"), "int", 0, "an integer >= 0")
+    if _get(cfg, "crf_workers") is not None:
+        _check_value("crf_workers", cfg.crf_workers, "int", 0, "null (one per CPU core) or an integer >= 0")
+    if str(_get(cfg, "amp")) not in CHOICES["trainer.amp"]:
+        raise ConfigError(f"amp={cfg.amp!r} is unknown: use one of {', '.join(CHOICES['trainer.amp'])}")
+    check_device(cfg)
+
+
+def check_predict_config(cfg) -> None:
+    """predict.py: a non-empty ``text``, exactly one of ``image`` / ``video``, and ``device``."""
+    if OmegaConf.is_missing(cfg, "text") or cfg.text is None or not str(cfg.text).strip():
+        raise ConfigError('text is required: give the referring expression, e.g. text="the man on the left"')
+    if (cfg.image is None) == (cfg.video is None):
+        raise ConfigError("give exactly one of image=PATH or video=PATH")
+    check_device(cfg)
