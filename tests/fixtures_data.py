@@ -52,11 +52,12 @@ def _image(h, w, seed, grey=False) -> np.ndarray:
     return rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
 
 
-def _py2_pickle(obj) -> bytes:
+def _py2_pickle(obj, encoding: str = "latin-1") -> bytes:
     """Protocol-2 pickle as Python 2 writes it: ``str`` values as byte strings (BINSTRING opcodes).
 
-    Text is encoded in latin-1, so a non-ASCII character makes Python 3's default ``pickle.load`` fail with
-    UnicodeDecodeError, exactly like the official refs(*.p) files.
+    Text is encoded in ``encoding`` (latin-1, or utf-8 as Python 2 code reading UTF-8 files stored it), so a
+    non-ASCII character makes Python 3's default ``pickle.load`` fail with UnicodeDecodeError, exactly like the
+    official refs(*.p) files.
     """
     out = bytearray(b"\x80\x02")
 
@@ -70,7 +71,7 @@ def _py2_pickle(obj) -> bytes:
         elif isinstance(o, float):
             out.extend(b"G" + struct.pack(">d", o))
         elif isinstance(o, str):
-            b = o.encode("latin-1")
+            b = o.encode(encoding)
             out.extend((b"U" + bytes([len(b)]) if len(b) < 256 else b"T" + struct.pack("<i", len(b))) + b)
         elif isinstance(o, (list, tuple)):
             out.extend(b"]")

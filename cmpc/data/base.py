@@ -72,13 +72,15 @@ class UnreadableTally:
         self.samples: list[Unreadable] = []
         self.readable = 0
 
+    GIVE_UP = 16  # this many unreadable samples before any readable one: a wrong folder, not a stray file
+
     def add(self, batch: dict) -> bool:
         """Record ``batch["unreadable"]``; True when the batch holds no readable sample. Raises DatasetError when
-        the first samples of the run are all unreadable (a wrong folder, not a stray corrupt file)."""
+        the first :data:`GIVE_UP` samples of the run are all unreadable."""
         self.samples.extend(batch.get("unreadable", ()))
         empty = "words" not in batch
         self.readable += 0 if empty else len(batch["words"])
-        if empty and not self.readable:
+        if not self.readable and len(self.samples) >= self.GIVE_UP:
             raise DatasetError(f"none of the first {len(self.samples)} samples can be read, e.g. "
                                f"{self.samples[0].reason}; run scripts/prepare_data.py to list unreadable files")
         return empty

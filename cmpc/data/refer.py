@@ -11,8 +11,9 @@ Reads the files of lichengunc/refer directly (docs/reference.md section 3a) and 
 * every sentence of a selected ref is one sample; the text is ``sentence['sent']`` (CMPC, CRIS) or
   ``sentence['raw']`` (LAVT, ReLA) -- option ``sentence_field``.
 * mask = ``pycocotools.mask.frPyObjects(segmentation, h, w)`` -> ``decode`` -> any over polygons; polygons
-  (refcoco*) and RLE (refclef; compressed or not) are both accepted. Polygons are clipped to the image (so a
-  vertex at 1e8 costs no memory) and malformed ones dropped and counted: NaN / infinite coordinates, odd length,
+  (refcoco*) and RLE (refclef; compressed or not) are both accepted. A polygon with a vertex farther than the
+  image size outside the image is clipped to that margin (so a vertex at 1e8 costs no memory; the others are
+  decoded as drawn, exactly as the official code does) and malformed ones dropped and counted: NaN / infinite coordinates, odd length,
   fewer than 3 points (pycocotools would read a 4-number list as a box); RLEs must have the image's size. A ref
   left without geometry is skipped.
 * the expression kind is ``ref.get('kind')`` (only the synthetic benchmark has one);
@@ -85,12 +86,12 @@ def load_json(path: str | os.PathLike):
         raise DatasetError(f"cannot parse {path} ({e}); the file is corrupt: re-download it") from e
 
 
-def clip_polygon(xy: np.ndarray, h: int, w: int, margin: float = 1.0) -> np.ndarray:
+def clip_polygon(xy: np.ndarray, h: int, w: int, margin: float) -> np.ndarray:
     """Polygon ``xy [N, 2]`` (x, y in pixels) clipped to the box ``[-margin, w + margin] x [-margin, h + margin]``
     (Sutherland-Hodgman; exact for any polygon against a rectangle). Returns ``[M, 2]``, M may be < 3.
 
-    Rasterisation inside the image is unchanged (the cut edges lie outside it), and the edges pycocotools draws
-    are bounded by the image size, so decoding costs memory ``O(h * w)`` whatever the coordinates.
+    The region inside the image is unchanged (the cut edges lie outside it), and the edges pycocotools draws
+    are bounded by the box, so decoding costs memory ``O(N * (h + w + margin))`` whatever the coordinates.
     """
     pts = [tuple(p) for p in np.asarray(xy, dtype=np.float64)]
     for axis, bound, keep_below in ((0, -margin, False), (0, w + margin, True), (1, -margin, False),
@@ -114,9 +115,16 @@ def clip_polygon(xy: np.ndarray, h: int, w: int, margin: float = 1.0) -> np.ndar
     return np.asarray(pts, dtype=np.float64).reshape(-1, 2)
 
 
+def _overlaps_image(xy: np.ndarray, h: int, w: int) -> bool:
+    """Whether the bounding box of polygon ``xy [N, 2]`` meets the image ``[0, w] x [0, h]`` with some area."""
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    return bool(lo[0] < w and hi[0] > 0 and lo[1] < h and hi[1] > 0)
+
+
 def clean_segmentation(seg, h: int, w: int, skip=None):
-    """Usable geometry of an annotation on an ``h x w`` image: polygons clipped to the image (:func:`clip_polygon`)
-    or an RLE dict / list of RLE dicts of size ``[h, w]``; ``None`` when nothing usable is left.
+    """Usable geometry of an annotation on an ``h x w`` image: polygons (those with a vertex farther than
+    ``max(h, w)`` outside the image clipped to that margin, :func:`clip_polygon`; the others exactly as drawn) or
+    an RLE dict / list of RLE dicts of size ``[h, w]``; ``None`` when nothing usable is left.
 
     Each dropped part is reported through ``skip(reason)``: a polygon with NaN / infinite / non-numeric
     coordinates, an odd number of coordinates, fewer than 3 points, or nothing left inside the image; an RLE
@@ -159,8 +167,13 @@ def clean_segmentation(seg, h: int, w: int, skip=None):
         elif xy.size < 6:
             skip("polygon with fewer than 3 points dropped")
         else:
-            clipped = clip_polygon(xy.reshape(-1, 2), h, w)
-            if len(clipped) < 3:
+            xy = xy.reshape(-1, 2)
+            margin = max(h, w)
+            if (xy >= -margin).all() and (xy[:, 0] <= w + margin).all() and (xy[:, 1] <= h + margin).all():
+                polys.append([float(v) for v in xy.ravel()])  # as drawn: pycocotools gives the official mask
+                continue
+            clipped = clip_polygon(xy, h, w, margin)
+            if len(clipped) < 3 or not _overlaps_image(clipped, h, w):
                 skip("polygon entirely outside the image dropped")
             else:
                 polys.append([float(v) for v in clipped.ravel()])
