@@ -1,7 +1,9 @@
 """Hostile files and values (issue 14): each gives the right value, or is skipped and counted, or stops with one
 line (exit status != 0, no traceback). Every input is a tiny file written here."""
 
+import copy
 import csv
+import functools
 import io
 import json
 import pickle
@@ -309,11 +311,16 @@ def test_ytvos_valid_expressions_without_obj_id_are_counted_for_the_server(tmp_p
 # -------------------------------------------------------------------------------------------------
 # 7. config values: one line naming the key and the allowed range, before any data is read
 # -------------------------------------------------------------------------------------------------
-def _train_cfg(**trainer):
+@functools.lru_cache(maxsize=1)
+def _default_train_cfg():
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["dataset.root=/nonexistent/never/read"])
+        return compose("train", overrides=["dataset.root=/nonexistent/never/read"])
+
+
+def _train_cfg(**trainer):
+    cfg = copy.deepcopy(_default_train_cfg())
     for key, value in trainer.items():
         OmegaConf.update(cfg, key, value, force_add=True)
     return cfg
@@ -428,3 +435,16 @@ def test_prepare_lists_skipped_entries_and_training_runs_to_the_end(tmp_path):
     assert results["step"] == 6 and (tmp_path / "run" / "best.pt").is_file()
     assert results["unreadable_train_samples"] >= 1  # the truncated image's samples, skipped and counted
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["unreadable_train_samples"] >= 1
+
+    # predict: a phone photo stored sideways (EXIF Orientation 6) is segmented as a viewer shows it, and a
+    # sentence longer than max_words gives a warning
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = _saved(Image.fromarray(F._image(20, 30, 7)), tmp_path / "phone.png", exif=exif)  # stored 30 wide
+    out = tmp_path / "pred"
+    r = _run(["scripts/predict.py", f"checkpoint={tmp_path / 'run' / 'best.pt'}", f"image={photo}", "device=cpu",
+              f"text={' '.join(['very'] * 24 + ['thing'])}", f"out={out}", f"paths.runs={tmp_path}"])
+    assert r.returncode == 0, r.stderr
+    assert "warning: the sentence has 5 token(s) more than the model reads (dataset.max_words=20)" in r.stderr
+    with Image.open(f"{out}_mask.png") as mask:
+        assert mask.size == (20, 30)  # (width, height) of the upright picture, not of the stored pixels
