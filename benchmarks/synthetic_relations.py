@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from cmpc.cli import friendly_errors
 from cmpc.data import build_dataset
+from cmpc.data.base import Unreadable
 from cmpc.data.synthetic import load_image_scenes, parse_expression, relation_subkind
 from cmpc.engine.evaluate import evaluate
 
@@ -35,8 +36,10 @@ class RelationSubkinds(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> dict | Unreadable:
         sample = self.dataset[index]
+        if isinstance(sample, Unreadable):  # collate drops it, evaluate counts it
+            return sample
         meta = sample["meta"]
         if meta["kind"] == "relation":
             sub = relation_subkind(self.scenes[meta["image_id"]], parse_expression(meta["sentence"]))

@@ -29,6 +29,7 @@ from cmpc.cli import friendly_errors, quiet_third_party_logs
 from cmpc.data import build_dataset, build_glove, build_vocab, dataset_class, vocab_path
 from cmpc.data.base import ReferringDataset
 from cmpc.data.text import MAX_WORDS, tokens_cut
+from cmpc.engine.config_check import check_dataset_root
 from cmpc.errors import CmpcError
 
 # Published counts of the full datasets (papers, refer API demo, CRIS per-split ref counts: docs/reference.md 3a, 1.5).
@@ -146,6 +147,7 @@ def _container(cfg) -> dict:
 @friendly_errors
 def main(cfg) -> None:
     quiet_third_party_logs()
+    check_dataset_root(cfg.dataset)
     prepare(cfg.dataset, extract_frames=bool(cfg.get("extract_frames", False)))
 
 

@@ -267,6 +267,8 @@ def test_a2d_annotated_frame_beyond_the_clip_is_skipped_not_faked(tmp_path):
         assert f"annotated frame {fr} is beyond the 10 frames" in sample.reason and "vidA.mp4" in sample.reason
     batch = collate([ds[by_frame[12]], ok, ds[by_frame[15]]])
     assert len(batch["words"]) == 1 and len(batch["unreadable"]) == 2
+    bad = ds.check_files()  # what prepare_data.py lists, with the file and the frame
+    assert sorted(u.reason.split(" is beyond")[0] for u in bad) == ["annotated frame 12", "annotated frame 15"]
 
 
 def test_unreadable_tally_gives_up_only_when_nothing_can_be_read():
@@ -435,6 +437,14 @@ def test_prepare_lists_skipped_entries_and_training_runs_to_the_end(tmp_path):
     assert results["step"] == 6 and (tmp_path / "run" / "best.pt").is_file()
     assert results["unreadable_train_samples"] >= 1  # the truncated image's samples, skipped and counted
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["unreadable_train_samples"] >= 1
+
+    # evaluation leaves the truncated image's 2 sentences out of the metrics and counts them
+    from cmpc.engine.builders import load_trained
+    from cmpc.engine.evaluate import evaluate
+
+    model, _, vocab = load_trained(tmp_path / "run" / "best.pt")
+    scored = evaluate(model, build_dataset(cfg, "train", vocab), device="cpu", batch_size=4, progress=False)
+    assert scored["unreadable"] == 2 and scored["metrics"]["n"] == 7
 
     # predict: a phone photo stored sideways (EXIF Orientation 6) is segmented as a viewer shows it, and a
     # sentence longer than max_words gives a warning
