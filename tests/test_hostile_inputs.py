@@ -103,6 +103,12 @@ def test_every_image_mode_reaches_the_model_as_the_right_rgb(tmp_path):
     # convert gives cyan (0, 255, 255) for white. Little CMS rounds to within 1 of the exact values.
     lab = read_image(_saved(_lab([(255, 128, 128), (128, 128, 128), (0, 128, 128)]), tmp_path / "lab.tif"))
     assert np.abs(lab.astype(int) - [[[255] * 3, [119] * 3, [0] * 3]]).max() <= 1
+    # PNG tRNS on grey / RGB: the transparent colour is composited over white like an alpha of 0
+    grey_key = read_image(_saved(Image.fromarray(np.array([[5, 9]], np.uint8)), tmp_path / "k.png", transparency=5))
+    np.testing.assert_array_equal(grey_key, _grey([255, 9]))
+    rgb_key = read_image(_saved(Image.fromarray(np.array([[[5, 6, 7], [1, 2, 3]]], np.uint8)), tmp_path / "c.png",
+                                transparency=(5, 6, 7)))
+    np.testing.assert_array_equal(rgb_key, [[[255, 255, 255], [1, 2, 3]]])
     rgba_premultiplied = Image.new("RGBa", (1, 1), (50, 50, 50, 128))  # in memory only: no format stores it
     np.testing.assert_array_equal(to_rgb(rgba_premultiplied), [[[177, 177, 177]]])  # un-premultiplied 99 -> 177
 

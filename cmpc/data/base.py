@@ -68,11 +68,11 @@ class Unreadable:
 class UnreadableTally:
     """Counts the samples dropped by :func:`collate` over a run; :meth:`report` gives the lines to print."""
 
+    GIVE_UP = 16  # this many unreadable samples before any readable one: a wrong folder, not a stray file
+
     def __init__(self) -> None:
         self.samples: list[Unreadable] = []
         self.readable = 0
-
-    GIVE_UP = 16  # this many unreadable samples before any readable one: a wrong folder, not a stray file
 
     def add(self, batch: dict) -> bool:
         """Record ``batch["unreadable"]``; True when the batch holds no readable sample. Raises DatasetError when
@@ -152,7 +152,8 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     * ``I;16*`` and ``I`` (16-bit grey, e.g. 16-bit PNG / TIFF): **scaled** ``round(v / 257)`` (0..65535 ->
       0..255; values outside 0..65535 are clipped), not clipped at 255 as PIL's ``convert`` does;
     * ``F`` (float grey): taken as fractions of white, ``round(255 * v)`` clipped to 0..255;
-    * alpha (``LA``, ``PA``, ``RGBA``, ``RGBa``, ``P`` with a transparency entry): composited over
+    * alpha (``LA``, ``PA``, ``RGBA``, ``RGBa``, and ``P`` / ``L`` / ``RGB`` with a transparent palette entry or
+      colour, PNG ``tRNS``): composited over
       white (:data:`ALPHA_BACKGROUND`), ``round(c * a / 255 + 255 * (1 - a / 255))``;
     * ``LAB``: CIE L*a*b* -> sRGB through :mod:`PIL.ImageCms` (PIL's plain ``convert`` copies the channels);
     * ``P``, ``CMYK``, ``YCbCr``, ``HSV``, ``RGBX``: PIL's ``convert("RGB")`` (CMYK without ICC management).
@@ -173,8 +174,8 @@ def to_rgb(im: Image.Image) -> np.ndarray:
         transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"),
                                             "LAB", "RGB")
         return np.asarray(ImageCms.applyTransform(im, transform), dtype=np.uint8).copy()
-    if (mode == "P" and "transparency" in im.info) or mode in ("PA", "LA", "RGBa"):
-        im = im.convert("RGBA")  # PIL un-premultiplies RGBa here
+    if (mode in ("P", "L", "RGB") and "transparency" in im.info) or mode in ("PA", "LA", "RGBa"):
+        im = im.convert("RGBA")  # applies a transparent colour / palette entry; un-premultiplies RGBa
     if im.mode == "RGBA":
         rgba = np.asarray(im, dtype=np.float64)
         alpha = rgba[..., 3:] / 255.0
