@@ -464,3 +464,28 @@ def test_prepare_lists_skipped_entries_and_training_runs_to_the_end(tmp_path):
     assert "warning: the sentence has 5 token(s) more than the model reads (dataset.max_words=20)" in r.stderr
     with Image.open(f"{out}_mask.png") as mask:
         assert mask.size == (20, 30)  # (width, height) of the upright picture, not of the stored pixels
+
+
+@pytest.mark.slow
+def test_ddp_ranks_step_together_when_one_rank_reads_nothing(tmp_path):
+    import socket
+
+    from test_training import TINY_MODEL
+
+    cfg = make_hostile_refer_root(tmp_path / "refer")
+    with socket.socket() as s:  # a free port, chosen now (other runs use DDP too)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # 1 sentence per rank and step: within 6 steps a rank draws a sentence of the truncated image while the other
+    # rank trains; without a common decision the training rank would wait forever in the gradient all-reduce
+    args = ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "scripts/train.py",
+            "dataset=unc", "backbone=small", "trainer=synthetic", "device=cpu", "model.glove=false",
+            *[f"dataset.{k}={v}" for k, v in cfg.items() if v is not None], "dataset.vocab=null",
+            "dataset.glove=null", "trainer.steps=6", "trainer.batch_size=2", "trainer.num_workers=0",
+            "trainer.eval_every=0", "trainer.eval_batch_size=4", "trainer.log_every=1",
+            "trainer.checkpoint_every=1000", "backbone.frozen_bn=true", *TINY_MODEL,
+            f"hydra.run.dir={tmp_path / 'ddp'}"]
+    r = _run(args, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "unreadable sample(s) in the training split" in r.stdout + r.stderr
+    assert (tmp_path / "ddp" / "metrics.json").is_file()

@@ -28,7 +28,7 @@ from ..viz import overlay
 from . import checkpoint as ckpt
 from .builders import build_datasets, build_model_for, check_pretrained
 from .config_check import check_train_config
-from .distributed import barrier, cleanup, init_distributed, resolve_device
+from .distributed import any_rank, barrier, cleanup, init_distributed, resolve_device
 from .evaluate import autocast, evaluate, model_inputs, predict_logits
 from .optim import build_optimizer, learning_rate, set_learning_rate
 from .sampler import StepBatchSampler
@@ -175,7 +175,8 @@ def train(cfg, run_dir: str | Path) -> dict:
             break
         lr = learning_rate(step, t)
         set_learning_rate(optimizer, lr)
-        empty = unreadable.add(batch)  # True when nothing in the batch could be read: the step trains nothing
+        # nothing in the batch could be read (on any DDP rank, which must step together): the step trains nothing
+        empty = any_rank(unreadable.add(batch), info, device)
         if not empty:
             loss, parts = train_step(net, batch, optimizer, scaler, t, device)
             seen += len(batch["words"]) * info.world_size
