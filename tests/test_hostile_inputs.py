@@ -432,7 +432,8 @@ def test_prepare_lists_skipped_entries_and_training_runs_to_the_end(tmp_path):
 
     from test_training import TINY_MODEL
 
-    overrides = ["dataset=unc", "backbone=small", "trainer=synthetic", "device=cpu", "model.glove=false",
+    overrides = ["dataset=unc", "backbone=small", "backbone.weights=random", "trainer=synthetic", "device=cpu",
+                 "model.glove=false",
                  *[f"dataset.{k}={v}" for k, v in cfg.items() if v is not None],
                  "dataset.vocab=null", "dataset.glove=null", "trainer.steps=6", "trainer.batch_size=2",
                  "trainer.num_workers=0", "trainer.eval_every=0", "trainer.eval_batch_size=4",
@@ -479,8 +480,8 @@ def test_ddp_ranks_step_together_when_one_rank_reads_nothing(tmp_path):
     # 1 sentence per rank and step: within 6 steps a rank draws a sentence of the truncated image while the other
     # rank trains; without a common decision the training rank would wait forever in the gradient all-reduce
     args = ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "scripts/train.py",
-            "dataset=unc", "backbone=small", "trainer=synthetic", "device=cpu", "model.glove=false",
-            *[f"dataset.{k}={v}" for k, v in cfg.items() if v is not None], "dataset.vocab=null",
+            "dataset=unc", "backbone=small", "backbone.weights=random", "trainer=synthetic", "device=cpu",
+            "model.glove=false", *[f"dataset.{k}={v}" for k, v in cfg.items() if v is not None], "dataset.vocab=null",
             "dataset.glove=null", "trainer.steps=6", "trainer.batch_size=2", "trainer.num_workers=0",
             "trainer.eval_every=0", "trainer.eval_batch_size=4", "trainer.log_every=1",
             "trainer.checkpoint_every=1000", "backbone.frozen_bn=true", *TINY_MODEL,
