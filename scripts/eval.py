@@ -18,6 +18,7 @@ from cmpc.engine.builders import load_trained, newest_checkpoint
 from cmpc.engine.config_check import check_dataset_root, check_eval_config
 from cmpc.engine.distributed import resolve_device
 from cmpc.engine.evaluate import evaluate
+from cmpc.engine.rundir import register_resolver
 from cmpc.engine.video import evaluate_videos, write_video_submission
 from cmpc.metrics import format_table
 
@@ -35,6 +36,9 @@ def dataset_config(cfg, trained_cfg):
         if key.startswith("dataset."):
             OmegaConf.update(chosen, key[len("dataset."):], OmegaConf.select(cfg, key), force_add=True)
     return chosen
+
+
+register_resolver()  # ${cmpc_run_dir:...} in hydra.run.dir
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")

@@ -24,8 +24,12 @@ from cmpc.data.text import tokens_cut
 from cmpc.engine.builders import load_trained, newest_checkpoint
 from cmpc.engine.config_check import check_predict_config
 from cmpc.engine.distributed import resolve_device
+from cmpc.engine.rundir import register_resolver
 from cmpc.engine.video import segment_frames
 from cmpc.viz import overlay, save_png, write_gif
+
+
+register_resolver()  # ${cmpc_run_dir:...} in hydra.run.dir
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="predict")

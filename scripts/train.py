@@ -9,7 +9,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 from cmpc.cli import failure_note, friendly_errors, quiet_third_party_logs
+from cmpc.engine.rundir import register_resolver
 from cmpc.engine.trainer import train
+
+
+register_resolver()  # ${cmpc_run_dir:...} in hydra.run.dir
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")

@@ -15,6 +15,8 @@ from ..errors import ConfigError
 from ..models import build_model
 from .checkpoint import load_checkpoint
 
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
 log = logging.getLogger(__name__)
 
 
@@ -92,19 +94,39 @@ def build_model_for(cfg, vocab, embeddings=None) -> nn.Module:
 
 
 def newest_checkpoint(runs_dir, name: str = "best.pt"):
-    """The most recently written ``name`` under ``runs_dir`` (searched recursively)."""
-    found = sorted(Path(runs_dir).glob(f"**/{name}"), key=lambda p: p.stat().st_mtime)
+    """The most recently written ``name`` under ``runs_dir`` (searched recursively; files only)."""
+    found = sorted((p for p in Path(runs_dir).glob(f"**/{name}") if p.is_file()), key=lambda p: p.stat().st_mtime)
     if not found:
         raise ConfigError(f"no {name} under {runs_dir}; train first (python scripts/train.py) or pass checkpoint=PATH")
     return found[-1]
 
 
+def todays_defaults(stored: dict):
+    """Today's ``train`` config for the model, backbone and dataset a checkpoint's config names: the values
+    of keys added since it was written (the defaults keep the behaviour from before a key existed)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = []
+    for group in ("dataset", "backbone", "model"):
+        name = (stored.get(group) or {}).get("name")
+        if name and (CONFIG_DIR / group / f"{name}.yaml").is_file():
+            overrides.append(f"{group}={name}")
+    if GlobalHydra.instance().is_initialized():  # inside a script's @hydra.main: its config folder
+        return compose("train", overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
 def load_trained(path, device="cpu"):
-    """``(model, config, vocab)`` of a checkpoint written by train.py, model in eval mode on ``device``."""
+    """``(model, config, vocab)`` of a checkpoint written by train.py, model in eval mode on ``device``.
+
+    The config is the checkpoint's merged over :func:`todays_defaults`, so that checkpoints written before a
+    config key was added still build. Raises ConfigError (see :func:`load_checkpoint`)."""
     state = load_checkpoint(path)
-    if "config" not in state or "vocab" not in state:
-        raise ConfigError(f"{path} is not a cmpc training checkpoint (no config/vocab inside)")
-    cfg = OmegaConf.create(state["config"])
+    defaults = todays_defaults(state["config"])
+    OmegaConf.set_struct(defaults, False)  # keys removed since stay readable
+    cfg = OmegaConf.merge(defaults, state["config"])
     if "weights" in cfg.backbone:
         cfg.backbone.weights = None  # the trained weights are in the checkpoint; keep the layout they need
         if "caffe_layout" in cfg.backbone:

@@ -1,7 +1,19 @@
-"""Checkpoints written atomically (temporary file + rename) and the RNG state needed to resume exactly."""
+"""Checkpoints: written atomically (temporary file + rename), read without running code, and the RNG state
+needed to resume exactly.
+
+Two kinds, both plain dicts of tensors, numbers, strings, lists and dicts (what ``torch.load(weights_only=True)``
+reads; a pickled object of any other type is refused, so a shared ``.pt`` cannot run code):
+
+- ``best.pt`` (:data:`EVAL_KEYS`): what evaluation and prediction need: weights, config, vocabulary.
+- ``last.pt`` (:data:`RESUME_KEYS` on top): optimiser, loss scaler, step, loss history and RNG states.
+
+Both carry ``meta`` (:func:`provenance`): format version, cmpc, torch and git versions.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import random
 import tempfile
@@ -12,36 +24,143 @@ import torch
 
 from ..errors import ConfigError
 
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2  # 1: pickled with weights_only=False, best.pt with optimiser state; 2: weights-only, lean best.pt
+EVAL_KEYS = ("model", "config", "vocab")
+RESUME_KEYS = EVAL_KEYS + ("optimizer", "scaler", "step", "best", "history", "rng")
+
 
 def atomic_save(obj, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    """``torch.save`` to a temporary file ``.<name>.*`` in the same folder, then rename over ``path``.
+
+    Raises:
+        ConfigError: the file could not be written (disk full, quota, I/O error); the previous ``path``, if
+            any, is left as it was and the temporary file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        before = "the previous one is intact" if path.is_file() else "there was no earlier one"
+        reason = err.strerror or errno.errorcode.get(err.errno, type(err).__name__)
+        raise ConfigError(f"could not write checkpoint {path} ({reason}); {before}: free space, "
+                          f"then continue with resume=true") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the ``.<name>.pt.*`` files an interrupted :func:`atomic_save` left in ``folder``; returns them."""
+    leftovers = [p for p in Path(folder).glob(".*.pt.*") if p.is_file()]
+    for p in leftovers:
+        p.unlink(missing_ok=True)
+    return leftovers
+
+
+def load_checkpoint(path: str | Path, need: tuple[str, ...] = EVAL_KEYS, map_location="cpu") -> dict:
+    """A checkpoint written by ``train.py``, read with ``weights_only=True`` (no code runs).
+
+    Args:
+        need: keys the caller uses (:data:`EVAL_KEYS` to evaluate, :data:`RESUME_KEYS` to resume).
+    Raises:
+        ConfigError: missing, a directory, unreadable or truncated, holding pickled objects other than
+            tensors and plain containers, or lacking one of ``need`` (another program's file, or a best.pt
+            given to resume).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"checkpoint {path} is a directory, not a file: remove or rename it, or pass the .pt inside")
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist; pass checkpoint=PATH to a .pt written by train.py")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # a truncated or foreign file
-        raise ConfigError(f"checkpoint {path} cannot be read ({err.__class__.__name__}): re-run training or pick another file") from err
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a truncated, foreign or unsafe file
+        if "weights only load failed" in str(err).lower() and "unsupported" in str(err).lower():
+            raise ConfigError(f"checkpoint {path} holds pickled Python objects, which could run code when loaded; "
+                              f"refused: use a checkpoint written by train.py, or one from a source you trust "
+                              f"re-saved as plain tensors") from None
+        raise ConfigError(f"checkpoint {path} cannot be read ({err.__class__.__name__}): "
+                          f"re-run training or pick another file") from None
+    missing = [k for k in need if not isinstance(state, dict) or k not in state]
+    if missing:
+        what = "a best.pt (weights only)" if isinstance(state, dict) and "model" in state and "config" in state \
+            else "not a cmpc training checkpoint"
+        raise ConfigError(f"checkpoint {path} lacks {', '.join(missing)} ({what}); "
+                          + ("resume from a last.pt written by train.py" if "optimizer" in need
+                             else "pass a best.pt or last.pt written by train.py"))
+    return state
+
+
+SCHEDULE_KEYS = ("steps", "schedule", "lr", "end_lr", "decay_steps", "poly_power", "step_at", "step_gamma")
+
+
+def _flat(node, prefix: str) -> dict:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}.{key}").items()}
+    return {prefix: node}
+
+
+def check_resume(state: dict, path, cfg, vocab_words: list[str]) -> None:
+    """Stop when the run about to resume builds another vocabulary or model than the checkpoint's; warn when
+    its learning-rate schedule changed.
+
+    Keys only one side has (added or removed since the checkpoint) and ``backbone.weights`` (the trained
+    weights are in the checkpoint) are not compared.
+
+    Raises:
+        ConfigError: one line naming the difference: vocabulary size; same size, other words or order (the
+            first differing position); or the model/backbone keys that differ.
+    """
+    saved = list(state["vocab"])
+    if len(saved) != len(vocab_words):
+        raise ConfigError(f"resume={path}: the checkpoint's vocabulary has {len(saved)} words, this dataset builds "
+                          f"{len(vocab_words)}: resume with the dataset (and vocabulary settings) it was trained on")
+    if saved != vocab_words:
+        i = next(i for i, (a, b) in enumerate(zip(saved, vocab_words)) if a != b)
+        how = "the same words in another order" if sorted(saved) == sorted(vocab_words) else "other words"
+        raise ConfigError(f"resume={path}: the vocabulary has {how} (word {i}: {saved[i]!r} in the checkpoint, "
+                          f"{vocab_words[i]!r} now), so every embedding would be misread: resume with the dataset "
+                          f"it was trained on")
+    from omegaconf import OmegaConf
+
+    now = OmegaConf.to_container(cfg, resolve=True)
+    old, new = ({**_flat(c.get("model", {}), "model"), **_flat(c.get("backbone", {}), "backbone")}
+                for c in (state["config"], now))
+    differ = [k for k in sorted(old.keys() & new.keys()) if old[k] != new[k] and k != "backbone.weights"]
+    if differ:
+        shown = "; ".join(f"{k} {old[k]!r} in the checkpoint, {new[k]!r} now" for k in differ[:4])
+        raise ConfigError(f"resume={path}: the model differs from the checkpoint's: {shown}"
+                          f"{' ...' if len(differ) > 4 else ''}; resume with the checkpoint's values or start a new run")
+    old_t, new_t = state["config"].get("trainer", {}), now["trainer"]
+    changed = [k for k in SCHEDULE_KEYS if k in old_t and k in new_t and old_t[k] != new_t[k]]
+    if changed:
+        log.warning("resume=%s: %s changed (%s): the learning-rate schedule from step %d on differs from the "
+                    "original run's", path, ", ".join(f"trainer.{k}" for k in changed),
+                    ", ".join(f"{old_t[k]} -> {new_t[k]}" for k in changed), state["step"])
+
+
+def provenance() -> dict:
+    """Format version, cmpc and torch versions and the git commit of the code (``+dirty`` with local changes)."""
+    from .. import __version__
+    from .environment import git_commit
+
+    return {"format": FORMAT_VERSION, "cmpc": __version__, "torch": str(torch.__version__), "git": git_commit()}
 
 
 def rng_state() -> dict:
-    """Python, numpy, torch (and CUDA) generator states; numpy's key array as a tensor, so that a checkpoint
-    holds only what ``torch.load(weights_only=True)`` reads (backbone weights load that way)."""
+    """Python, numpy, torch (and every visible GPU's) generator states, as tuples, ints and tensors only."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
     state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
@@ -51,12 +170,35 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
+    """Restore :func:`rng_state`. GPU states are restored for the GPUs both machines have; when the number of
+    visible GPUs differs (resumed on another machine shape) a warning says that GPU randomness will differ
+    from an uninterrupted run."""
+    random.setstate(_as_tuples(state["python"]))
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))  # tensor (or ndarray: older checkpoints)
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda") or []
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if saved and len(saved) != visible:
+        log.warning("the checkpoint holds the RNG states of %d GPUs, this machine shows %d: restoring %d; "
+                    "random draws on the GPU (dropout) will differ from an uninterrupted run",
+                    len(saved), visible, min(len(saved), visible))
+    for index in range(min(len(saved), visible)):
+        torch.cuda.set_rng_state(saved[index], index)
+
+
+def _as_tuples(value):
+    """``random.setstate`` wants nested tuples; lists (a JSON round trip) are accepted too."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, saved: dict) -> None:
+    """Restore the fp16 loss scale; a run that switches to ``trainer.amp=fp16`` on resume (the checkpoint's
+    scaler was disabled and saved nothing) starts from a fresh scale instead."""
+    if scaler.is_enabled() and not saved:
+        log.warning("trainer.amp=fp16 on resume from a run without fp16: the loss scale starts afresh")
+        return
+    scaler.load_state_dict(saved)
 
 
 def seed_everything(seed: int) -> None:

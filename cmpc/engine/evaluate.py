@@ -22,6 +22,7 @@ from ..data.base import UnreadableTally
 from ..metrics import RefSegMetrics
 from ..models.functional import upsample_logits
 from .distributed import DistInfo, gather_objects
+from .workers import worker_init
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ def evaluate(model, dataset, *, device, info: DistInfo = DistInfo(), batch_size:
     model.eval()
     shard = Subset(dataset, range(info.rank, len(dataset), info.world_size))
     # neighbouring sentences of the same image share one backbone pass
-    loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_grouped)
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_grouped,
+                        worker_init_fn=worker_init())
     make = RefSegMetrics.video if video else RefSegMetrics
     plain, refined = make(), make()
     pool = None

@@ -12,7 +12,6 @@ import logging
 import time
 from pathlib import Path
 
-import cv2
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
@@ -29,9 +28,12 @@ from . import checkpoint as ckpt
 from .builders import build_datasets, build_model_for, check_pretrained
 from .config_check import check_train_config
 from .distributed import any_rank, barrier, cleanup, init_distributed, resolve_device
+from .environment import record_environment
 from .evaluate import autocast, evaluate, model_inputs, predict_logits
 from .optim import build_optimizer, learning_rate, set_learning_rate
+from .rundir import open_run_dir, truncate_log
 from .sampler import StepBatchSampler
+from .workers import worker_init
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +59,30 @@ def group_indices(dataset) -> list[list[int]]:
     return list(groups.values())
 
 
-def _quiet_worker(_: int) -> None:
-    """One OpenCV thread per data worker (the workers already parallelise)."""
-    cv2.setNumThreads(0)
+def _wants_resume(resume) -> bool:
+    return resume not in (False, None, "false", "False")
 
 
 def _resume_path(resume, run_dir: Path) -> Path | None:
-    if resume in (False, None, "false", "False"):
+    if not _wants_resume(resume):
         return None
     path = run_dir / "last.pt" if resume in (True, "true", "True") else Path(str(resume))
+    if path.is_dir():
+        raise ConfigError(f"resume={resume}: {path} is a directory, not a checkpoint; remove or rename it")
     if not path.is_file():
         if resume in (True, "true", "True"):
             log.info("resume=true but %s does not exist yet: starting from scratch", path)
             return None
         raise ConfigError(f"resume={resume}: no such checkpoint; pass resume=true or the path of a last.pt")
     return path
+
+
+def _to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with 4-D weights in channels-last order; 5-D (Conv3d) weights have no such layout."""
+    if any(p.dim() == 5 for p in model.parameters()):
+        raise ConfigError("trainer.channels_last=true needs 2-D convolutions, but this backbone has 5-D Conv3d "
+                          "weights (backbone=i3d): set trainer.channels_last=false")
+    return model.to(memory_format=torch.channels_last)
 
 
 def train_step(net, batch: dict, optimizer, scaler, t, device: torch.device) -> tuple[float, dict]:
@@ -104,25 +115,30 @@ def train(cfg, run_dir: str | Path) -> dict:
         device = torch.device(f"cuda:{info.local_rank}")
         torch.cuda.set_device(device)
     ckpt.seed_everything(cfg.seed)
+    run_lock = open_run_dir(run_dir, _wants_resume(cfg.resume), info)
+    resume = _resume_path(cfg.resume, run_dir)
 
     data = build_datasets(cfg, splits=("train", "eval", "test"))
     model = build_model_for(cfg, data.vocab, data.embeddings).to(device)
     if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = _to_channels_last(model)
     optimizer = build_optimizer(model, t)
     scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
     step, best, history = 0, -1.0, []
 
-    resume = _resume_path(cfg.resume, run_dir)
     if resume is not None:
-        state = ckpt.load_checkpoint(resume)
+        state = ckpt.load_checkpoint(resume, need=ckpt.RESUME_KEYS)
+        ckpt.check_resume(state, resume, cfg, data.vocab.words)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        ckpt.load_scaler_state(scaler, state["scaler"])
         step, best, history = state["step"], state["best"], state["history"]
         ckpt.set_rng_state(state["rng"])
         if info.is_main:
             log.info("resumed from %s at step %d", resume, step)
+    if info.is_main:
+        truncate_log(run_dir / "train_log.jsonl", step)  # lines a killed run wrote after its last checkpoint
+        record_environment(run_dir, step)
 
     net = torch.compile(model) if t.compile else model
     if info.world_size > 1:
@@ -133,20 +149,24 @@ def train(cfg, run_dir: str | Path) -> dict:
     loader = DataLoader(
         data.train, batch_sampler=sampler, num_workers=t.num_workers,
         collate_fn=collate_grouped if t.group_by_image else collate,
-        pin_memory=device.type == "cuda", worker_init_fn=_quiet_worker,
+        pin_memory=device.type == "cuda", worker_init_fn=worker_init(),
     )
-    writer = SummaryWriter(str(run_dir / "tensorboard")) if info.is_main else None
-    log_file = (run_dir / "train_log.jsonl").open("a") if info.is_main else None
+    # TensorBoard hides events a killed run logged after the checkpoint; the log file is flushed per line
+    purge = step + 1 if _wants_resume(cfg.resume) else None
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge) if info.is_main else None
+    log_file = (run_dir / "train_log.jsonl").open("a", buffering=1) if info.is_main else None
+    meta = ckpt.provenance()
 
     def save(name: str) -> None:
+        """best.pt: what eval/predict need (:data:`ckpt.EVAL_KEYS`); last.pt: also what resuming needs."""
         if info.is_main:
-            ckpt.atomic_save(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                 "step": step, "best": best, "history": history, "rng": ckpt.rng_state(),
-                 "config": OmegaConf.to_container(cfg, resolve=True), "vocab": data.vocab.words,
-                 "caffe_layout": getattr(model.backbone, "caffe_layout", None)},
-                run_dir / name,
-            )
+            state = {"model": model.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
+                     "vocab": data.vocab.words, "caffe_layout": getattr(model.backbone, "caffe_layout", None),
+                     "meta": meta, "step": step, "best": best}
+            if name == "last.pt":
+                state.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), history=history,
+                             rng=ckpt.rng_state())
+            ckpt.atomic_save(state, run_dir / name)
 
     def validate() -> dict:
         nonlocal best
@@ -227,5 +247,7 @@ def train(cfg, run_dir: str | Path) -> dict:
             (run_dir / "metrics.json").write_text(json.dumps({k: v for k, v in results.items() if k != "history"}, indent=2, default=str))
     if writer is not None:
         writer.close()
+    if run_lock is not None:
+        run_lock.release()
     cleanup(info)
     return results
