@@ -63,7 +63,7 @@ def test_foreign_files_best_pt_and_directories_are_refused_with_one_line(tmp_pat
     data, run = trained
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
     for path, message in [(tmp_path / "foreign.pt", "not a cmpc training checkpoint"),
-                          (run / "best.pt", "a best.pt")]:
+                          (run / "best.pt", "has no optimizer.*resume from the run's last.pt")]:
         with pytest.raises(ConfigError, match=message):
             train(compose_cfg(tiny_overrides(data, steps=2, extra=[f"resume={path}"])), tmp_path / path.stem)
     with pytest.raises(ConfigError, match="not a cmpc training checkpoint"):
@@ -309,3 +309,29 @@ def test_data_loader_workers_die_with_a_killed_trainer(tmp_path):
     for w in alive:
         os.kill(w, signal.SIGKILL)
     assert not alive, f"data-loader workers {alive} outlived the killed trainer by 5 s"
+
+
+DELAY_RANK_1 = """
+import os, time
+if os.environ.get("LOCAL_RANK") == "1":  # this process reads the clock seconds after rank 0
+    time.sleep(2.5)
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_share_one_run_directory_whatever_their_clocks(tmp_path, trained):
+    import socket
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(DELAY_RANK_1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runs = tmp_path / "runs"
+    ddp = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                "scripts/train.py", *tiny_overrides(trained[0], steps=2), "dataset.test_split=null"],
+               env={"CMPC_RUNS_DIR": str(runs), "PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    (run,) = runs.iterdir()  # one directory, not one per second the ranks started in
+    assert (run / "last.pt").is_file() and (run / "best.pt").is_file()

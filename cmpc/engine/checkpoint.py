@@ -16,11 +16,13 @@ import errno
 import logging
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from ..errors import ConfigError
 
@@ -87,19 +89,20 @@ def load_checkpoint(path: str | Path, need: tuple[str, ...] = EVAL_KEYS, map_loc
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - a truncated, foreign or unsafe file
-        if "weights only load failed" in str(err).lower() and "unsupported" in str(err).lower():
-            raise ConfigError(f"checkpoint {path} holds pickled Python objects, which could run code when loaded; "
-                              f"refused: use a checkpoint written by train.py, or one from a source you trust "
-                              f"re-saved as plain tensors") from None
+        unsafe = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(err), re.IGNORECASE)
+        if unsafe:
+            raise ConfigError(f"checkpoint {path} holds pickled Python objects ({unsafe.group(1)}), which could run "
+                              f"code when loaded; refused: use a checkpoint written by train.py, or re-save one from "
+                              f"a source you trust as plain tensors") from None
         raise ConfigError(f"checkpoint {path} cannot be read ({err.__class__.__name__}): "
                           f"re-run training or pick another file") from None
-    missing = [k for k in need if not isinstance(state, dict) or k not in state]
+    if not isinstance(state, dict) or any(k not in state for k in EVAL_KEYS):
+        raise ConfigError(f"{path} is not a cmpc training checkpoint (no model, config and vocab inside): "
+                          f"pass a best.pt or last.pt written by train.py")
+    missing = [k for k in need if k not in state]
     if missing:
-        what = "a best.pt (weights only)" if isinstance(state, dict) and "model" in state and "config" in state \
-            else "not a cmpc training checkpoint"
-        raise ConfigError(f"checkpoint {path} lacks {', '.join(missing)} ({what}); "
-                          + ("resume from a last.pt written by train.py" if "optimizer" in need
-                             else "pass a best.pt or last.pt written by train.py"))
+        raise ConfigError(f"checkpoint {path} has no {', '.join(missing)} (a best.pt keeps only what evaluation "
+                          f"needs): resume from the run's last.pt")
     return state
 
 
@@ -133,8 +136,6 @@ def check_resume(state: dict, path, cfg, vocab_words: list[str]) -> None:
         raise ConfigError(f"resume={path}: the vocabulary has {how} (word {i}: {saved[i]!r} in the checkpoint, "
                           f"{vocab_words[i]!r} now), so every embedding would be misread: resume with the dataset "
                           f"it was trained on")
-    from omegaconf import OmegaConf
-
     now = OmegaConf.to_container(cfg, resolve=True)
     old, new = ({**_flat(c.get("model", {}), "model"), **_flat(c.get("backbone", {}), "backbone")}
                 for c in (state["config"], now))
@@ -173,7 +174,7 @@ def set_rng_state(state: dict) -> None:
     """Restore :func:`rng_state`. GPU states are restored for the GPUs both machines have; when the number of
     visible GPUs differs (resumed on another machine shape) a warning says that GPU randomness will differ
     from an uninterrupted run."""
-    random.setstate(_as_tuples(state["python"]))
+    random.setstate(state["python"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))  # tensor (or ndarray: older checkpoints)
     torch.set_rng_state(state["torch"])
@@ -185,11 +186,6 @@ def set_rng_state(state: dict) -> None:
                     len(saved), visible, min(len(saved), visible))
     for index in range(min(len(saved), visible)):
         torch.cuda.set_rng_state(saved[index], index)
-
-
-def _as_tuples(value):
-    """``random.setstate`` wants nested tuples; lists (a JSON round trip) are accepted too."""
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def load_scaler_state(scaler: torch.amp.GradScaler, saved: dict) -> None:

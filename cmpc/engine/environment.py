@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the cmpc checkout (``<sha>+dirty`` with uncommitted changes); None outside a git checkout."""
+    if not (ROOT / ".git").exists():  # an installed package: not the commit of whatever repository encloses it
+        return None
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ..cli import friendly_errors
 from ..errors import ConfigError
 from . import checkpoint as ckpt
 from .distributed import DistInfo, gather_objects
@@ -69,9 +70,9 @@ def agreed_run_dir(parent: str, name: str) -> str:
 
 def register_resolver() -> None:
     """Register ``${cmpc_run_dir:PARENT,NAME}``, cached so that Hydra's repeated reads claim one directory."""
-    if not OmegaConf.has_resolver("cmpc_run_dir"):
-        OmegaConf.register_new_resolver("cmpc_run_dir", lambda parent, name: agreed_run_dir(str(parent), str(name)),
-                                        use_cache=True)
+    if not OmegaConf.has_resolver("cmpc_run_dir"):  # an error is one line (Hydra resolves before main runs)
+        resolve = friendly_errors(lambda parent, name: agreed_run_dir(str(parent), str(name)))
+        OmegaConf.register_new_resolver("cmpc_run_dir", resolve, use_cache=True)
 
 
 class RunDirLock:
