@@ -2,7 +2,8 @@
 
 With no arguments: CMPC-I on the built-in synthetic benchmark (generated on first use), then the
 metrics table on its test split. Run directory: resolved config, TensorBoard logs, last.pt/best.pt,
-train_log.jsonl and metrics.json (error.txt with the reason when it fails). Multi-GPU: ``torchrun --nproc_per_node=N scripts/train.py ...``.
+train_log.jsonl, metrics.json, environment.jsonl (README: "Run directories and resume") and error.txt with the
+reason when it fails. Multi-GPU: ``torchrun --nproc_per_node=N scripts/train.py ...``.
 """
 
 import hydra
