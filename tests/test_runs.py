@@ -71,8 +71,15 @@ def test_foreign_files_best_pt_and_directories_are_refused_with_one_line(tmp_pat
     (tmp_path / "dir_run" / "last.pt").mkdir(parents=True)
     with pytest.raises(ConfigError, match="is a directory"):  # before any training step
         train(compose_cfg(tiny_overrides(data, steps=2, extra=["resume=true"])), tmp_path / "dir_run")
+    with pytest.raises(ConfigError, match="is a directory"):  # without resume too
+        train(compose_cfg(tiny_overrides(data, steps=2)), tmp_path / "dir_run")
     with pytest.raises(ConfigError, match="is a directory"):
         ckpt.load_checkpoint(tmp_path / "dir_run" / "last.pt")
+    future = torch.load(run / "best.pt", weights_only=True)
+    future["meta"]["format"] = ckpt.FORMAT_VERSION + 1
+    torch.save(future, tmp_path / "future.pt")
+    with pytest.raises(ConfigError, match="newer cmpc.*update cmpc"):
+        load_trained(tmp_path / "future.pt")
 
 
 def test_best_pt_holds_what_evaluation_needs_and_last_pt_what_resuming_needs(trained):
@@ -256,8 +263,10 @@ def test_kill_9_during_a_checkpoint_write_then_resume_ends_bitwise_equal(tmp_pat
     assert killed.returncode == -signal.SIGKILL
     assert ckpt.load_checkpoint(run / "last.pt", need=ckpt.RESUME_KEYS)["step"] == 2
     assert list(run.glob(".last.pt.*")) and len((run / "train_log.jsonl").read_text().splitlines()) == 4  # flushed
-    refused = _run(common + [f"hydra.run.dir={run}"])
-    assert refused.returncode == 2 and "resume=true" in refused.stderr
+    config = (run / ".hydra" / "config.yaml").read_text()
+    refused = _run(common + [f"hydra.run.dir={run}", "seed=5"])  # without resume=true: nothing is touched
+    assert refused.returncode == 2 and "resume=true" in refused.stderr.strip().splitlines()[-1]
+    assert (run / ".hydra" / "config.yaml").read_text() == config
     resumed = _run(common + [f"hydra.run.dir={run}", "resume=true"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not list(run.glob(".*.pt.*")), "temporary checkpoint files are removed on start"

@@ -55,7 +55,8 @@ def atomic_save(obj, path: str | Path) -> None:
             Path(tmp).unlink(missing_ok=True)
         before = "the previous one is intact" if path.is_file() else "there was no earlier one"
         reason = err.strerror or errno.errorcode.get(err.errno, type(err).__name__)
-        raise ConfigError(f"could not write checkpoint {path} ({reason}); {before}: free space, "
+        fix = "free space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+        raise ConfigError(f"could not write checkpoint {path} ({reason}); {before}: {fix}, "
                           f"then continue with resume=true") from None
     except BaseException:
         if tmp is not None:
@@ -99,6 +100,10 @@ def load_checkpoint(path: str | Path, need: tuple[str, ...] = EVAL_KEYS, map_loc
     if not isinstance(state, dict) or any(k not in state for k in EVAL_KEYS):
         raise ConfigError(f"{path} is not a cmpc training checkpoint (no model, config and vocab inside): "
                           f"pass a best.pt or last.pt written by train.py")
+    written_by = state.get("meta", {}).get("format", 1)
+    if written_by > FORMAT_VERSION:
+        raise ConfigError(f"checkpoint {path} has format {written_by}, written by a newer cmpc "
+                          f"({state['meta'].get('cmpc')}); this one reads up to {FORMAT_VERSION}: update cmpc")
     missing = [k for k in need if k not in state]
     if missing:
         raise ConfigError(f"checkpoint {path} has no {', '.join(missing)} (a best.pt keeps only what evaluation "

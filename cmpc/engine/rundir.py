@@ -68,11 +68,20 @@ def agreed_run_dir(parent: str, name: str) -> str:
     return store.get(STORE_KEY).decode()
 
 
+def config_subdir(run_dir: str, resume) -> str:
+    """``hydra.output_subdir`` of train.py: ``.hydra``, once :func:`refuse_without_resume` let the run in (Hydra
+    reads it just before writing its config files, which would otherwise replace a finished run's)."""
+    refuse_without_resume(Path(run_dir), resume not in (False, None, "false", "False"))
+    return ".hydra"
+
+
 def register_resolver() -> None:
-    """Register ``${cmpc_run_dir:PARENT,NAME}``, cached so that Hydra's repeated reads claim one directory."""
-    if not OmegaConf.has_resolver("cmpc_run_dir"):  # an error is one line (Hydra resolves before main runs)
+    """Register ``${cmpc_run_dir:PARENT,NAME}`` (cached so that Hydra's repeated reads claim one directory) and
+    ``${cmpc_config_subdir:RUN_DIR,RESUME}``. Their errors are one line (Hydra resolves them before main runs)."""
+    if not OmegaConf.has_resolver("cmpc_run_dir"):
         resolve = friendly_errors(lambda parent, name: agreed_run_dir(str(parent), str(name)))
         OmegaConf.register_new_resolver("cmpc_run_dir", resolve, use_cache=True)
+        OmegaConf.register_new_resolver("cmpc_config_subdir", friendly_errors(config_subdir))
 
 
 class RunDirLock:
@@ -124,13 +133,25 @@ def open_run_dir(run_dir: str | Path, resuming: bool, info: DistInfo) -> RunDirL
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunDirLock(run_dir)
-    held = [name for name in ("last.pt", "best.pt") if (run_dir / name).exists()]
-    if held and not resuming:
+    try:
+        refuse_without_resume(run_dir, resuming)
+    except ConfigError:
         lock.release()
-        raise ConfigError(f"{run_dir} already holds {' and '.join(held)} of an earlier run: continue it with "
-                          f"resume=true, or leave hydra.run.dir unset to start a new run in a new directory")
+        raise
     ckpt.remove_temporaries(run_dir)
     return lock
+
+
+def refuse_without_resume(run_dir: Path, resuming: bool) -> None:
+    """Raise ConfigError when ``run_dir`` holds ``last.pt`` or ``best.pt`` and the run does not resume, or when
+    one of them is not a file."""
+    held = [name for name in ("last.pt", "best.pt") if (run_dir / name).exists()]
+    for name in held:
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"{run_dir / name} is a directory, not a checkpoint: remove or rename it")
+    if held and not resuming:
+        raise ConfigError(f"{run_dir} already holds {' and '.join(held)} of an earlier run: continue it with "
+                          f"resume=true, or leave hydra.run.dir unset to start a new run in a new directory")
 
 
 def truncate_log(path: str | Path, step: int) -> None:
