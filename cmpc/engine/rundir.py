@@ -69,8 +69,11 @@ def agreed_run_dir(parent: str, name: str) -> str:
 
 
 def config_subdir(run_dir: str, resume) -> str:
-    """``hydra.output_subdir`` of train.py: ``.hydra``, once :func:`refuse_without_resume` let the run in (Hydra
-    reads it just before writing its config files, which would otherwise replace a finished run's)."""
+    """``hydra.output_subdir`` of train.py: ``.hydra``, once the run may use ``run_dir``: rank 0 takes the lock
+    (kept for the trainer) and :func:`refuse_without_resume` lets it in. Hydra reads this just before writing its
+    config files, which would otherwise replace those of a finished or running run."""
+    if os.environ.get("RANK", "0") == "0":
+        RunDirLock(Path(run_dir).resolve())
     refuse_without_resume(Path(run_dir), resume not in (False, None, "false", "False"))
     return ".hydra"
 
