@@ -75,6 +75,12 @@ def test_foreign_files_best_pt_and_directories_are_refused_with_one_line(tmp_pat
         train(compose_cfg(tiny_overrides(data, steps=2)), tmp_path / "dir_run")
     with pytest.raises(ConfigError, match="is a directory"):
         ckpt.load_checkpoint(tmp_path / "dir_run" / "last.pt")
+    edited = torch.load(run / "best.pt", weights_only=True)
+    del edited["model"][next(iter(edited["model"]))]  # as if written by other code
+    edited["model"]["head.extra"] = torch.zeros(1)
+    torch.save(edited, tmp_path / "edited.pt")
+    with pytest.raises(ConfigError, match="does not fit the model.*1 tensors missing.*1 unexpected \\(head.extra\\)"):
+        load_trained(tmp_path / "edited.pt")
     future = torch.load(run / "best.pt", weights_only=True)
     future["meta"]["format"] = ckpt.FORMAT_VERSION + 1
     torch.save(future, tmp_path / "future.pt")

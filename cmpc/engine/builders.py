@@ -13,7 +13,7 @@ from torch import nn
 from ..data import Vocabulary, build_dataset, build_glove, build_vocab
 from ..errors import ConfigError
 from ..models import build_model
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_weights
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -133,5 +133,5 @@ def load_trained(path, device="cpu"):
             cfg.backbone.caffe_layout = bool(state.get("caffe_layout", False))
     vocab = Vocabulary(state["vocab"])
     model = build_model(cfg.model, cfg.backbone, len(vocab))
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], path)
     return model.to(device).eval(), cfg, vocab

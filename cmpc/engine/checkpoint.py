@@ -157,6 +157,24 @@ def check_resume(state: dict, path, cfg, vocab_words: list[str]) -> None:
                     ", ".join(f"{old_t[k]} -> {new_t[k]}" for k in changed), state["step"])
 
 
+def load_weights(model: torch.nn.Module, weights: dict, path) -> None:
+    """``model.load_state_dict(weights)``; a checkpoint whose tensors do not fit the model its config builds
+    (written by other code, or edited) raises ConfigError naming the first differences instead of a traceback."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [f"{k} {tuple(weights[k].shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
+              for k in own if k in weights and weights[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{len(missing)} tensors missing ({', '.join(missing[:3])})" if missing else "",
+                 f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})" if unexpected else "",
+                 f"{len(shapes)} of another shape ({shapes[0]})" if shapes else ""]
+        raise ConfigError(f"checkpoint {path} does not fit the model its config builds: "
+                          f"{'; '.join(p for p in parts if p)}; use the cmpc version that wrote it "
+                          f"(meta.git in the checkpoint) or retrain")
+    model.load_state_dict(weights)
+
+
 def provenance() -> dict:
     """Format version, cmpc and torch versions and the git commit of the code (``+dirty`` with local changes)."""
     from .. import __version__

@@ -129,7 +129,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     if resume is not None:
         state = ckpt.load_checkpoint(resume, need=ckpt.RESUME_KEYS)
         ckpt.check_resume(state, resume, cfg, data.vocab.words)
-        model.load_state_dict(state["model"])
+        ckpt.load_weights(model, state["model"], resume)
         optimizer.load_state_dict(state["optimizer"])
         ckpt.load_scaler_state(scaler, state["scaler"])
         step, best, history = state["step"], state["best"], state["history"]
