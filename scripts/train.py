@@ -13,7 +13,6 @@ from cmpc.cli import failure_note, friendly_errors, quiet_third_party_logs
 from cmpc.engine.rundir import register_resolver
 from cmpc.engine.trainer import train
 
-
 register_resolver()  # ${cmpc_run_dir:...} in hydra.run.dir
 
 

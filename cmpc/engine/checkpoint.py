@@ -147,8 +147,9 @@ def check_resume(state: dict, path, cfg, vocab_words: list[str]) -> None:
     differ = [k for k in sorted(old.keys() & new.keys()) if old[k] != new[k] and k != "backbone.weights"]
     if differ:
         shown = "; ".join(f"{k} {old[k]!r} in the checkpoint, {new[k]!r} now" for k in differ[:4])
-        raise ConfigError(f"resume={path}: the model differs from the checkpoint's: {shown}"
-                          f"{' ...' if len(differ) > 4 else ''}; resume with the checkpoint's values or start a new run")
+        more = " ..." if len(differ) > 4 else ""
+        raise ConfigError(f"resume={path}: the model differs from the checkpoint's: {shown}{more}; "
+                          f"resume with the checkpoint's values or start a new run")
     old_t, new_t = state["config"].get("trainer", {}), now["trainer"]
     changed = [k for k in SCHEDULE_KEYS if k in old_t and k in new_t and old_t[k] != new_t[k]]
     if changed:

@@ -50,7 +50,7 @@ def environment(step: int) -> dict:
     """One record of the machine and software a run (re)starts on at ``step``."""
     from .. import __version__
 
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "start_step": step, "host": socket.gethostname(),
         "command": [sys.executable, *sys.argv], "cwd": os.getcwd(),

@@ -130,8 +130,8 @@ def open_run_dir(run_dir: str | Path, resuming: bool, info: DistInfo) -> RunDirL
     run_dir = Path(run_dir).resolve()
     paths = gather_objects(str(run_dir), info)
     if len(set(paths)) > 1:
-        raise ConfigError(f"the {info.world_size} processes were given different run directories ({', '.join(sorted(set(paths)))}): "
-                          f"pass one hydra.run.dir=PATH to all of them")
+        raise ConfigError(f"the {info.world_size} processes were given different run directories "
+                          f"({', '.join(sorted(set(paths)))}): pass one hydra.run.dir=PATH to all of them")
     if not info.is_main:
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
