@@ -52,14 +52,15 @@ def measure(size: int, path: str, device: str, repeats: int, part: str = "block"
     def step():
         forward().square().mean().backward()
 
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+    cuda = torch.device(device).type == "cuda"  # any CUDA device, cuda:N included
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    seconds = median_time(step, repeats, torch.cuda.synchronize if device == "cuda" else lambda: None)
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
+    seconds = median_time(step, repeats, (lambda: torch.cuda.synchronize(device)) if cuda else lambda: None)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device) - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     return {"size": size, "n": n, "part": part, "path": path, "ms": 1000 * seconds,

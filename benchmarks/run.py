@@ -92,7 +92,7 @@ def measure_row(row: dict, args) -> dict:
     from cmpc.engine.distributed import resolve_device
     from cmpc.engine.evaluate import predict_logits
     from cmpc.engine.optim import build_optimizer
-    from cmpc.engine.trainer import train_step
+    from cmpc.engine.trainer import compile_model, train_step
     from cmpc.models import build_model
 
     torch.manual_seed(0)
@@ -105,7 +105,7 @@ def measure_row(row: dict, args) -> dict:
     t.amp, t.channels_last = row.get("amp", "off"), row.get("channels_last", False)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    net = torch.compile(model) if row.get("compile") else model
+    net = compile_model(model) if row.get("compile") else model
     batch = fake_batch(row["batch"], row.get("per_image", 1), args.size, frames, cfg.dataset.max_words)
     if row["mode"] == "train":
         model.train()
@@ -138,8 +138,7 @@ def data_row(args) -> dict:
 
     from cmpc.data import collate_grouped
     from cmpc.engine.builders import build_datasets
-    from cmpc.engine.sampler import StepBatchSampler
-    from cmpc.engine.trainer import group_indices
+    from cmpc.engine.sampler import StepBatchSampler, group_indices
 
     overrides = ["dataset=synthetic", f"dataset.input_size={args.size}", "trainer=paper_image"]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
@@ -159,15 +158,26 @@ def data_row(args) -> dict:
             "name": f"training data loader ({cfg.trainer.num_workers} workers, batch {args.batch}, grouped)"}
 
 
-def rows_to_run(args) -> list[dict]:
+def amp_label(args, device: str) -> str:
+    """``bf16``, or ``bf16 (runs float32: not native here)`` when cmpc.engine.precision replaces the request."""
+    from cmpc.engine.precision import resolve_amp
+
+    runs = resolve_amp(device, args.amp)
+    if runs == args.amp:
+        return args.amp
+    return f"{args.amp} (runs {'float32' if runs == 'off' else runs}: not native here)"
+
+
+def rows_to_run(args, device: str) -> list[dict]:
     b, p, amp = args.batch, args.per_image, args.amp
+    label = amp_label(args, device)
     rows = []
     if "train" in args.sections:
         rows += [
             {"name": "official style: batch 1, backbone per sentence", "batch": 1},
             {"name": f"batched ({b} sentences, {b} images)", "batch": b},
             {"name": f"+ grouped backbone ({b} sentences, {b // p} images)", "batch": b, "per_image": p},
-            {"name": f"+ AMP {amp}", "batch": b, "per_image": p, "amp": amp},
+            {"name": f"+ AMP {label}", "batch": b, "per_image": p, "amp": amp},
             {"name": "+ channels-last", "batch": b, "per_image": p, "amp": amp, "channels_last": True},
         ]
         if args.compile:
@@ -178,7 +188,7 @@ def rows_to_run(args) -> list[dict]:
         rows += [{"section": "infer", "mode": "infer", **r} for r in (
             {"name": "batch 1 (latency)", "batch": 1},
             {"name": f"grouped batch ({b} sentences, {b // p} images)", "batch": b, "per_image": p},
-            {"name": f"+ AMP {amp}", "batch": b, "per_image": p, "amp": amp},
+            {"name": f"+ AMP {label}", "batch": b, "per_image": p, "amp": amp},
         )]
         rows += [{"section": "crf", "mode": "crf", "batch": b, "per_image": p, "amp": amp, **r} for r in (
             {"name": f"DenseCRF of {b} maps, serial", "crf": "serial"},
@@ -189,9 +199,9 @@ def rows_to_run(args) -> list[dict]:
         rows += [{"section": "video", **r} for r in (
             {"name": f"train, official style: batch 1, K={args.frames}", "mode": "train", "batch": 1},
             {"name": f"train, batched ({vb} clips)", "mode": "train", "batch": vb},
-            {"name": f"train, + AMP {amp}", "mode": "train", "batch": vb, "amp": amp},
+            {"name": f"train, + AMP {label}", "mode": "train", "batch": vb, "amp": amp},
             {"name": "inference, batch 1 (latency)", "mode": "infer", "batch": 1},
-            {"name": f"inference, batched ({vb} clips) + AMP {amp}", "mode": "infer", "batch": vb, "amp": amp},
+            {"name": f"inference, batched ({vb} clips) + AMP {label}", "mode": "infer", "batch": vb, "amp": amp},
         )]
     return rows
 
@@ -208,7 +218,7 @@ def child(payload: dict, args) -> dict:
 def report(rows: list[dict], rar_rows: list[dict], args, device: str) -> str:
     cpu = platform.processor() or platform.machine()
     if device.startswith("cuda"):
-        cpu = torch.cuda.get_device_name(0)
+        cpu = torch.cuda.get_device_name(torch.device(device))
     lines = [f"# cmpc benchmarks ({datetime.date.today()})", "",
              f"`python benchmarks/run.py {' '.join(args.argv)}`", "",
              f"device {device} ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
@@ -268,7 +278,7 @@ def main() -> None:
 
     device = str(resolve_device(args.device))
     rows = []
-    for row in rows_to_run(args):
+    for row in rows_to_run(args, device):
         rows.append(child(row, args))
         print(f"{row['section']:6s} {row['name']}: {rows[-1]['sentences_per_s']:.2f} sentences/s", flush=True)
     if "data" in args.sections:
@@ -277,7 +287,7 @@ def main() -> None:
     if "rar" in args.sections:
         from rar import run_rows
 
-        rar_rows = run_rows([64, 96] if args.tiny else [320, 480, 640], device.split(":")[0], args.repeats)
+        rar_rows = run_rows([64, 96] if args.tiny else [320, 480, 640], device, args.repeats)
     publish(report(rows, rar_rows, args, device), args.out)
 
 

@@ -14,3 +14,7 @@ class ConfigError(CmpcError):
 
 class DatasetError(CmpcError):
     """A dataset file is missing, corrupt or malformed, or an input (image, sentence) is unusable."""
+
+
+class TrainingDiverged(CmpcError):
+    """The training loss became NaN or infinite."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,44 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([float(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def average_across_ranks(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The mean of ``values`` over the ranks (every rank must call it; ``values`` itself when single-process)."""
+    if info.world_size == 1:
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values / info.world_size
+
+
+def parameters_without_gradient(model: torch.nn.Module, loss: Callable[[], torch.Tensor]) -> list[str]:
+    """Names of the trainable parameters of ``model`` that a backward of ``loss()`` leaves without a gradient.
+
+    A probe: random generators, buffers (BatchNorm statistics) and gradients are restored afterwards, so the
+    training run continues as if it had not happened."""
+    buffers = [b.detach().clone() for b in model.buffers()]
+    devices = [d for d in {p.device for p in model.parameters()} if d.type == "cuda"]
+    with torch.random.fork_rng(devices=devices):
+        loss().backward()
+    unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for buffer, saved in zip(model.buffers(), buffers):
+            buffer.copy_(saved)
+    return unused
+
+
+def data_parallel(model: torch.nn.Module, info: DistInfo, device: torch.device, unused: list[str]):
+    """``model`` wrapped in DistributedDataParallel. ``unused`` (this rank's :func:`parameters_without_gradient`)
+    decides ``find_unused_parameters``: on when any rank has a trainable parameter that gets no gradient (e.g. a
+    table-5 ablation whose module output is not used), off otherwise, since it costs a graph traversal per step."""
+    find_unused = any_rank(bool(unused), info, device)
+    if find_unused and info.is_main:
+        log.info("DDP with find_unused_parameters: %d parameters get no gradient (%s)", len(unused),
+                 ", ".join(unused[:4]) + (", ..." if len(unused) > 4 else ""))
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused)
 
 
 def barrier(info: DistInfo) -> None:

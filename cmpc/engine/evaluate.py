@@ -4,8 +4,9 @@ Every sentence is a sample. The final logits are upsampled to the letterboxed in
 back to the original image size (un-pad + bilinear resize) and thresholded at logit >= 0; IoU is
 computed against the original-resolution ground truth. With ``crf=True`` DenseCRF refines the
 sigmoid map at the padded input resolution (official parameters) in worker processes, and both
-results are reported. Under DDP every rank evaluates a shard and the per-sample intersections and
-unions are gathered on every rank.
+results are reported. Under DDP every rank evaluates a shard of whole images (all sentences of an image on
+one rank, so that they share one backbone pass) and the per-sample intersections and unions are gathered
+on every rank.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from ..data.base import UnreadableTally
 from ..metrics import RefSegMetrics
 from ..models.functional import upsample_logits
 from .distributed import DistInfo, gather_objects
+from .precision import autocast
+from .sampler import group_indices, shard_groups
 from .workers import worker_init
 
 log = logging.getLogger(__name__)
@@ -35,12 +38,6 @@ def model_inputs(batch: dict, device: torch.device, channels_last: bool = False)
         images = images.contiguous(memory_format=torch.channels_last)
     index = batch.get("image_index")
     return images, batch["words"].to(device, non_blocking=True), None if index is None else index.to(device)
-
-
-def autocast(device: torch.device, amp: str):
-    """``torch.autocast`` for ``amp`` in {off, bf16, fp16}."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 @torch.no_grad()
@@ -60,7 +57,8 @@ def evaluate(model, dataset, *, device, info: DistInfo = DistInfo(), batch_size:
     ``unreadable`` (each reason logged as a warning)."""
     device = torch.device(device)
     model.eval()
-    shard = Subset(dataset, range(info.rank, len(dataset), info.world_size))
+    shard = Subset(dataset, range(len(dataset)) if info.world_size == 1 else
+                   shard_groups(group_indices(dataset), info.rank, info.world_size))
     # neighbouring sentences of the same image share one backbone pass
     loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_grouped,
                         worker_init_fn=worker_init())

@@ -7,8 +7,10 @@ the test split -> metrics.json. DDP when launched by torchrun; rank 0 logs and w
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -20,19 +22,21 @@ from tqdm import tqdm
 
 from ..data import collate, collate_grouped
 from ..data.base import RawSample, UnreadableTally
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDiverged
 from ..metrics import format_table
 from ..models.loss import referring_loss
 from ..viz import overlay
 from . import checkpoint as ckpt
 from .builders import build_datasets, build_model_for, check_pretrained
 from .config_check import check_train_config
-from .distributed import any_rank, barrier, cleanup, init_distributed, resolve_device
+from .distributed import (DistInfo, any_rank, average_across_ranks, barrier, cleanup, data_parallel, init_distributed,
+                          parameters_without_gradient, resolve_device)
 from .environment import record_environment
-from .evaluate import autocast, evaluate, model_inputs, predict_logits
+from .evaluate import evaluate, model_inputs, predict_logits
 from .optim import build_optimizer, learning_rate, set_learning_rate
+from .precision import autocast, needs_grad_scaler
 from .rundir import open_run_dir, truncate_log
-from .sampler import StepBatchSampler
+from .sampler import StepBatchSampler, group_indices
 from .workers import worker_init
 
 log = logging.getLogger(__name__)
@@ -49,14 +53,6 @@ def log_predictions(writer: SummaryWriter, model, dataset, device, step: int, co
         mask = (dataset.letterbox.invert(score, raw.mask.shape) >= 0).numpy()
         picture = overlay(raw.frames[raw.center], mask, title=raw.sentence)
         writer.add_image(f"val/prediction_{i}", picture, step, dataformats="HWC")
-
-
-def group_indices(dataset) -> list[list[int]]:
-    """Sample indices grouped by image (``dataset.group_key``), in dataset order."""
-    groups: dict[str, list[int]] = {}
-    for i in range(len(dataset)):
-        groups.setdefault(dataset.group_key(i), []).append(i)
-    return list(groups.values())
 
 
 def _wants_resume(resume) -> bool:
@@ -85,14 +81,23 @@ def _to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def train_step(net, batch: dict, optimizer, scaler, t, device: torch.device) -> tuple[float, dict]:
-    """One optimisation step on a collated batch: forward (under ``t.amp``), loss, backward, update.
-    Returns the loss and its parts (also used by ``benchmarks/run.py``)."""
+def batch_loss(net, batch: dict, t, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward (under ``t.amp``, see :mod:`cmpc.engine.precision`) and the loss of a collated batch: the loss and
+    its detached parts, all tensors on ``device`` (no host sync)."""
     images, words, index = model_inputs(batch, device, t.channels_last)
+    if t.compile:  # the number of distinct images per batch varies with grouping: one graph for all of them
+        torch._dynamo.maybe_mark_dynamic(images, 0)
     target = batch["target"].to(device, non_blocking=True)
     with autocast(device, t.amp):
         outputs = net(images, words, index)
-    loss, parts = referring_loss(outputs, target, t.loss.final_weight, t.loss.aux_weight, t.loss.reduction)
+    return referring_loss(outputs, target, t.loss.final_weight, t.loss.aux_weight, t.loss.reduction)
+
+
+def train_step(net, batch: dict, optimizer, scaler, t, device: torch.device) -> tuple[torch.Tensor, dict]:
+    """One optimisation step on a collated batch: forward, loss, backward, update. Returns the detached loss and
+    its parts as device tensors (a ``float()`` would wait for the GPU; the trainer converts them on logging steps
+    only). Also used by ``benchmarks/run.py``."""
+    loss, parts = batch_loss(net, batch, t, device)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if t.grad_clip:
@@ -100,7 +105,45 @@ def train_step(net, batch: dict, optimizer, scaler, t, device: torch.device) -> 
         torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    return float(loss.detach()), parts
+    return loss.detach(), parts
+
+
+def compile_model(net):
+    """``torch.compile(net)``, letting dynamo trace ``nn.LSTM`` (``allow_rnn``) so that the whole forward is one
+    graph (benchmarks/compile_probe.py counts the graphs, breaks and recompiles)."""
+    torch._dynamo.config.allow_rnn = True
+    return torch.compile(net)
+
+
+class LossLog:
+    """Per-step losses kept on the device and converted to numbers only when :meth:`flush` is called (logging
+    steps, before checkpoints and evaluations): one host sync per flush instead of several per step. Under DDP
+    the logged values are averaged over the processes (each rank's loss is the mean over its equal share of
+    the global batch, so the average is the global-batch loss). A NaN or infinite loss raises
+    :class:`TrainingDiverged` naming the step, the loss parts and the last good checkpoint."""
+
+    def __init__(self, info: DistInfo):
+        self.info, self.pending = info, []
+
+    def add(self, step: int, lr: float, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+        self.pending.append((step, lr, torch.stack([loss.float(), *(v.float() for v in parts.values())]), list(parts)))
+
+    def flush(self, last_good: str) -> list[dict]:
+        """``[{"step", "loss", "lr", **parts}]`` of the steps since the last flush (every rank must call it)."""
+        if not self.pending:
+            return []
+        values = average_across_ranks(torch.stack([v for _, _, v, _ in self.pending]), self.info).tolist()
+        rows = []
+        for (step, lr, _, names), (loss, *parts) in zip(self.pending, values):
+            row = {"step": step, "loss": loss, "lr": lr, **dict(zip(names, parts))}
+            if not all(math.isfinite(v) for v in (loss, *parts)):
+                named = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("step", "lr"))
+                raise TrainingDiverged(f"the loss is not finite at step {step} ({named}); last good checkpoint: "
+                                       f"{last_good}. Lower trainer.lr, set trainer.grad_clip or trainer.amp=off, "
+                                       f"and resume=PATH from that checkpoint")
+            rows.append(row)
+        self.pending.clear()
+        return rows
 
 
 def train(cfg, run_dir: str | Path) -> dict:
@@ -123,7 +166,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     if t.channels_last:
         model = _to_channels_last(model)
     optimizer = build_optimizer(model, t)
-    scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, t.amp))
     step, best, history = 0, -1.0, []
 
     if resume is not None:
@@ -140,10 +183,6 @@ def train(cfg, run_dir: str | Path) -> dict:
         truncate_log(run_dir / "train_log.jsonl", step)  # lines a killed run wrote after its last checkpoint
         record_environment(run_dir, step)
 
-    net = torch.compile(model) if t.compile else model
-    if info.world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-
     groups = group_indices(data.train) if t.group_by_image else len(data.train)
     sampler = StepBatchSampler(groups, t.batch_size, cfg.seed, step, info.rank, info.world_size, t.steps)
     loader = DataLoader(
@@ -151,6 +190,14 @@ def train(cfg, run_dir: str | Path) -> dict:
         collate_fn=collate_grouped if t.group_by_image else collate,
         pin_memory=device.type == "cuda", worker_init_fn=worker_init(),
     )
+    batches = iter(loader)
+    first = next(batches, None)
+    net = model
+    if info.world_size > 1 and first is not None:
+        model.train()
+        unused = parameters_without_gradient(model, lambda: batch_loss(model, first, t, device)[0])
+        net = data_parallel(model, info, device, unused)
+    net = compile_model(net) if t.compile else net  # compile(DDP(model)): dynamo splits the graph at DDP's buckets
     # TensorBoard hides events a killed run logged after the checkpoint; the log file is flushed per line
     purge = step + 1 if _wants_resume(cfg.resume) else None
     writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge) if info.is_main else None
@@ -188,37 +235,48 @@ def train(cfg, run_dir: str | Path) -> dict:
     stop = t.steps if t.stop_at_step is None else min(t.steps, t.stop_at_step)
     model.train()
     bar = tqdm(total=t.steps, initial=step, desc="train", disable=not info.is_main, dynamic_ncols=True)
-    tick, seen = time.perf_counter(), 0
+    tick, seen, losses = time.perf_counter(), 0, LossLog(info)
     unreadable = UnreadableTally()
-    for batch in loader:
+    last_good = str(resume) if resume is not None else "none (no checkpoint written yet)"
+
+    def flush_losses() -> None:
+        rows = losses.flush(last_good)
+        history.extend(row["loss"] for row in rows)
+        if info.is_main and rows:
+            rate = seen / max(time.perf_counter() - tick, 1e-9)
+            bar.set_postfix(loss=f"{history[-1]:.4f}", sent_per_s=f"{rate:.1f}")
+            for row in rows:
+                log_file.write(json.dumps(row) + "\n")
+            writer.add_scalar("train/loss", rows[-1]["loss"], step)
+            writer.add_scalar("train/lr", rows[-1]["lr"], step)
+            writer.add_scalar("train/sentences_per_s", rate, step)
+            for key, value in rows[-1].items():
+                if key.startswith("loss/"):
+                    writer.add_scalar(f"train/{key}", value, step)
+
+    for batch in itertools.chain([first] if first is not None else [], batches):
         if step >= stop:
             break
         lr = learning_rate(step, t)
         set_learning_rate(optimizer, lr)
         # nothing in the batch could be read (on any DDP rank, which must step together): the step trains nothing
         empty = any_rank(unreadable.add(batch), info, device)
+        step += 1
         if not empty:
             loss, parts = train_step(net, batch, optimizer, scaler, t, device)
             seen += len(batch["words"]) * info.world_size
-            history.append(loss)
-        step += 1
-        if info.is_main and empty:
-            bar.update(1)
-        elif info.is_main:
-            rate = seen / max(time.perf_counter() - tick, 1e-9)
-            bar.set_postfix(loss=f"{history[-1]:.4f}", sent_per_s=f"{rate:.1f}")
-            bar.update(1)
-            log_file.write(json.dumps({"step": step, "loss": history[-1], "lr": lr, **parts}) + "\n")
-            if step % t.log_every == 0:
-                writer.add_scalar("train/loss", history[-1], step)
-                writer.add_scalar("train/lr", lr, step)
-                writer.add_scalar("train/sentences_per_s", rate, step)
-                for key, value in parts.items():
-                    writer.add_scalar(f"train/{key}", value, step)
-        if t.eval_every and step % t.eval_every == 0 and step < t.steps:
+            losses.add(step, lr, loss, parts)
+        bar.update(1)
+        evaluate_now = t.eval_every and step % t.eval_every == 0 and step < t.steps
+        checkpoint_now = step % t.checkpoint_every == 0 or step == stop
+        if step % t.log_every == 0 or evaluate_now or checkpoint_now:
+            flush_losses()  # before anything is written: a diverged step stops the run first
+        if evaluate_now:
             validate()
-        if step % t.checkpoint_every == 0 or step == stop:
+        if checkpoint_now:
             save("last.pt")
+            last_good = f"{run_dir / 'last.pt'} (step {step})"
+    flush_losses()
     bar.close()
     if log_file is not None:
         log_file.close()

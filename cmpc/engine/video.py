@@ -31,7 +31,7 @@ from ..data.base import clip_indices
 from ..metrics import RefSegMetrics, VideoJF
 from ..models.functional import upsample_logits
 from ..errors import DatasetError
-from .evaluate import autocast
+from .precision import autocast
 
 log = logging.getLogger(__name__)
 

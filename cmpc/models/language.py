@@ -1,10 +1,13 @@
 """Words: embeddings, LSTM word features and the soft word-type classifier (paper 3.1.1, 3.1.2, eq. 1).
 
 Sentences arrive as ``[B, T]`` token ids, left-padded with 0 (the official layout, docs/reference.md 1.2).
-The LSTM runs over the real tokens only (packed sequences), so a sentence gives the same word
-features whatever its padding and whatever else is in the batch; the released code used batch
-element 0's padding for the whole batch (bs=1), a deliberate deviation documented in
-``docs/reproduction.md``. Word features are L2-normalised as in the released code.
+The LSTM reads each sentence from its first real token (the batch is re-aligned to right padding, and an
+LSTM's output at a token does not depend on what follows it), so a sentence gives the same word features
+whatever its padding and whatever else is in the batch; the released code used batch element 0's padding
+for the whole batch (bs=1), a deliberate deviation documented in ``docs/reproduction.md``. No packed
+sequences: the lengths never leave the device (no host sync, no ``torch.compile`` graph break). The LSTM
+always runs in float32, also under autocast (oneDNN has no bf16 LSTM on CPUs without AVX-512, and the
+recurrence is a negligible share of the cost). Word features are L2-normalised as in the released code.
 
 Word types (eq. 1) are learnt only through the segmentation loss: ``p_t = softmax(W2 s(W1 l_t + b1) + b2)``.
 Image models use 4 types (entity, attribute, relation, unnecessary), video models 5 (+ action).
@@ -17,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .functional import l2_normalize
 
@@ -59,25 +61,34 @@ class WordEncoder(nn.Module):
         self.lstm = nn.LSTM(embed_dim, hidden_dim, batch_first=True)
 
     def forward(self, tokens: torch.Tensor) -> Words:
+        """``tokens [B, T]`` left-padded ids -> :class:`Words`. Raises ValueError for a sentence without tokens
+        (on a GPU or under ``torch.compile`` the check is asynchronous: a device-side assert)."""
         mask = tokens != 0
         lengths = mask.sum(dim=1)
-        if bool((lengths == 0).any()):
-            raise ValueError("a sentence in the batch has no tokens; every sample needs at least one word")
-        batch, steps = tokens.shape
-        # Left-padded -> right-aligned start: token j of sentence b sits at column (T - len_b + j).
+        check_nonempty(lengths)
+        steps = tokens.shape[1]
+        # Left-padded -> right-padded: token j of sentence b sits at column (T - len_b + j).
         positions = torch.arange(steps, device=tokens.device)
-        gather = (positions[None, :] + (steps - lengths)[:, None]) % steps  # [B, T]
-        right_padded = torch.gather(tokens, 1, gather)
-        packed = pack_padded_sequence(
-            self.embedding(right_padded), lengths.cpu(), batch_first=True, enforce_sorted=False
-        )
-        out, (h_n, _) = self.lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=steps)
-        # Back to the left-padded layout: output column t comes from right-aligned column (t - (T - len_b)).
-        back = (positions[None, :] - (steps - lengths)[:, None]) % steps
+        shift = (steps - lengths)[:, None]
+        right_padded = torch.gather(tokens, 1, (positions[None, :] + shift) % steps)  # [B, T]
+        with torch.autocast(tokens.device.type, enabled=False):
+            out, _ = self.lstm(self.embedding(right_padded).float())  # [B, T, C_l]; padding only after the words
+        # Back to the left-padded layout: output column t comes from right-padded column (t - (T - len_b)).
+        back = (positions[None, :] - shift) % steps
         features = torch.gather(out, 1, back[..., None].expand(-1, -1, out.shape[-1]))
+        last = features[:, -1]  # left padding: every sentence ends in the last column (the state after its last token)
         features = l2_normalize(features, dim=-1) * mask[..., None]
-        return Words(features=features, mask=mask, sentence=l2_normalize(h_n[-1], dim=-1))
+        return Words(features=features, mask=mask, sentence=l2_normalize(last, dim=-1))
+
+
+def check_nonempty(lengths: torch.Tensor) -> None:
+    """Raise ValueError when a sentence has no tokens; asynchronous (no host sync) on a GPU or while compiling."""
+    message = "a sentence in the batch has no tokens; every sample needs at least one word"
+    if lengths.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bool((lengths == 0).any()):
+            raise ValueError(message)
+    else:
+        torch._assert_async(lengths.min() > 0, message)
 
 
 class WordClassifier(nn.Module):

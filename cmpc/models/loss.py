@@ -27,11 +27,12 @@ def mask_bce(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
 
 def referring_loss(
     outputs: dict, target: torch.Tensor, final_weight: float = 0.7, aux_weight: float = 0.1, reduction: str = "mean"
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted loss and its parts (for logging)."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted loss and its parts for logging (``{"loss/final", "loss/aux0", ...}``: detached scalar tensors on the
+    loss's device, so that nothing waits for a GPU here)."""
     final = mask_bce(outputs["logits"], target, reduction)
     aux = [mask_bce(a, target, reduction) for a in outputs.get("aux_logits", [])]
     total = final_weight * final + aux_weight * sum(aux) if aux else final
-    parts = {"loss/final": float(final.detach())}
-    parts.update({f"loss/aux{i}": float(a.detach()) for i, a in enumerate(aux)})
+    parts = {"loss/final": final.detach()}
+    parts.update({f"loss/aux{i}": a.detach() for i, a in enumerate(aux)})
     return total, parts

@@ -124,7 +124,7 @@ class CMPCVideo(CMPCImage):
 
     def encode_language(self, tokens: torch.Tensor) -> VideoLanguage:
         lang = super().encode_language(tokens)
-        base = {f.name: getattr(lang, f.name) for f in fields(Language)}
+        base = {f.name: getattr(lang, f.name) for f in fields(lang)}
         if lang.probs is None:
             return VideoLanguage(**base)
         p_act = self.classifier.weights(lang.probs, "action")

@@ -1,0 +1,158 @@
+"""Every device and process count: grouped batches over ranks, evaluation shards, DDP over every experiment config,
+mixed precision by capability (emulated AVX2 CPU), a graph-break-free forward and a guarded training step."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from cmpc.engine.sampler import StepBatchSampler, shard_groups
+from cmpc.models.language import WordEncoder
+
+from conftest import ROOT, free_port
+
+
+def image_groups(count: int, low: int, high: int, seed: int = 0) -> list[list[int]]:
+    """``count`` images with ``low``-``high`` sentences each, as consecutive sample indices."""
+    sizes = torch.randint(low, high + 1, (count,), generator=torch.Generator().manual_seed(seed)).tolist()
+    starts = [sum(sizes[:i]) for i in range(count)]
+    return [list(range(start, start + n)) for start, n in zip(starts, sizes)]
+
+
+def test_grouped_batches_give_every_rank_an_equal_share():
+    """1-12 sentences per image, batch 8 over 4 ranks, 500 steps: the old sampler left ranks 1-3 empty in most steps."""
+    groups = image_groups(300, 1, 12)
+    owner = {i: g for g, group in enumerate(groups) for i in group}
+    ranks = [list(StepBatchSampler(groups, 8, seed=1, rank=r, world_size=4, steps=500)) for r in range(4)]
+    single = list(StepBatchSampler(groups, 8, seed=1, steps=500))
+    images_per_batch = []
+    for step, batch in enumerate(single):
+        shares = [ranks[r][step] for r in range(4)]
+        assert [len(s) for s in shares] == [2, 2, 2, 2] and sum(shares, []) == batch
+        # whole groups, sentences of a group side by side; a group is split only when it does not fit
+        images = [owner[i] for i in batch]
+        runs = [g for k, g in enumerate(images) if k == 0 or images[k - 1] != g]
+        assert len(runs) == len(set(runs)), f"step {step}: an image's sentences are not contiguous"
+        partial = [g for g in set(images) if images.count(g) < len(groups[g])]
+        assert len(partial) <= 2, f"step {step}: more than the batch's first and last image split"
+        images_per_batch.append(len(runs))
+    seen = [i for batch in single for i in batch]
+    assert len(set(seen[:1200])) > 0.95 * 1200  # ~ one epoch (1,950 sentences) without repeats in the first 1,200
+    assert sum(images_per_batch) / len(images_per_batch) < 2.5  # groups kept: ~6.5 sentences per image on average
+
+
+def test_sampler_splits_a_group_only_when_no_whole_group_fits():
+    # order of seed 0 for 4 groups: the look-ahead fills the room with a later group that fits
+    groups = [[0, 1, 2], [3, 4, 5], [6], [7, 8, 9, 10, 11]]
+    batches = list(StepBatchSampler(groups, 4, seed=0, steps=6))
+    assert all(len(b) == 4 for b in batches)
+    for batch in batches[:3]:  # the first epoch's 12 sentences: exactly 3 batches, each index once
+        assert len(set(batch)) == 4
+    assert sorted(sum(batches[:3], [])) == list(range(12))
+
+
+def test_evaluation_shards_hold_whole_images_and_balance_sentences():
+    groups = image_groups(50, 1, 12, seed=2)
+    shards = [shard_groups(groups, r, 3) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(sum(len(g) for g in groups)))
+    for group in groups:
+        assert sum(set(group) <= set(shard) for shard in shards) == 1  # every image on exactly one rank
+    sizes = [len(s) for s in shards]
+    assert max(sizes) - min(sizes) <= 12
+    lone = [shard_groups([[0, 1]], r, 2) for r in range(2)]
+    assert sorted(lone) == [[], [0, 1]]  # fewer images than ranks: a rank may evaluate nothing
+
+
+@pytest.mark.slow
+def test_every_experiment_config_trains_under_two_process_ddp(tmp_path):
+    out = tmp_path / "ddp.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+         "tests/ddp_experiments.py", str(out)],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {row["experiment"]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert len(rows) == len(list((ROOT / "configs" / "experiment").glob("*.yaml"))) == 32
+    for name, row in rows.items():
+        assert all(torch.isfinite(torch.tensor(row["losses"]))), name
+        assert row["rank_spread"] < 1e-6, name  # DDP kept the ranks' weights equal
+        assert row["find_unused"] == (row["unused"] > 0), name  # on only where a parameter gets no gradient
+    assert any(row["find_unused"] for row in rows.values()) and not rows["table9_full"]["find_unused"]
+
+
+def test_word_encoder_equals_the_packed_lstm_and_stays_float32_under_autocast():
+    torch.manual_seed(0)
+    enc = WordEncoder(20, 6, 8)
+    tokens = torch.tensor([[0, 0, 0, 4, 5, 6], [7, 8, 9, 10, 11, 12], [0, 0, 0, 0, 0, 3]])
+    words = enc(tokens)
+    lengths = (tokens != 0).sum(1)
+    right = torch.stack([torch.cat([t[t != 0], t[t == 0]]) for t in tokens])
+    packed = pack_padded_sequence(enc.embedding(right), lengths, batch_first=True, enforce_sorted=False)
+    out, (h_n, _) = enc.lstm(packed)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=6)
+    for b, n in enumerate(lengths.tolist()):
+        expected = torch.nn.functional.normalize(out[b, :n], dim=-1)
+        assert torch.allclose(words.features[b, 6 - n:], expected, atol=1e-6)
+        assert torch.allclose(words.sentence[b], torch.nn.functional.normalize(h_n[0, b], dim=-1), atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert enc(tokens).features.dtype == torch.float32
+
+
+AVX2_PROBE = """
+import logging, torch
+from cmpc.engine.precision import resolve_amp
+from cmpc.models.language import WordEncoder
+logging.basicConfig(level=logging.WARNING)
+first, again = resolve_amp("cpu", "bf16"), resolve_amp("cpu", "bf16")
+with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 forced: the LSTM used to crash in oneDNN here
+    words = WordEncoder(20, 8, 8)(torch.tensor([[0, 3, 4], [5, 6, 7]]))
+print(first, again, resolve_amp("cpu", "off"), words.features.dtype)
+"""
+
+
+def test_bf16_is_replaced_by_float32_on_a_cpu_without_native_bf16():
+    done = subprocess.run([sys.executable, "-c", AVX2_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["off", "off", "off", "torch.float32"]
+    assert done.stderr.count("amp=bf16 would be emulated") == 1  # one warning, not one per step
+
+
+def test_training_forward_compiles_to_one_graph():
+    from test_model import IMAGES, WORDS, tiny_model
+
+    torch._dynamo.config.allow_rnn = True  # as cmpc.engine.trainer.compile_model
+    model = tiny_model().train()
+    explained = torch._dynamo.explain(model)(IMAGES, WORDS, torch.tensor([0, 1]))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def test_a_non_finite_loss_stops_with_the_step_parts_and_last_good_checkpoint(tmp_path, monkeypatch):
+    from test_training import compose_cfg, tiny_overrides
+
+    import cmpc.engine.trainer as trainer
+    from cmpc.engine.checkpoint import load_checkpoint
+    from cmpc.errors import TrainingDiverged
+
+    calls = []
+
+    def poisoned(outputs, target, *args):
+        loss, parts = original(outputs, target, *args)
+        calls.append(1)
+        return (loss * float("nan"), parts) if len(calls) == 2 else (loss, parts)
+
+    original = trainer.referring_loss
+    monkeypatch.setattr(trainer, "referring_loss", poisoned)
+    cfg = compose_cfg(tiny_overrides(tmp_path / "data", steps=4, images=2, extra=[
+        "trainer.checkpoint_every=1", "trainer.log_every=3", "trainer.batch_size=2"]))
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.train(cfg, tmp_path / "run")
+    message = str(err.value)
+    assert "at step 2 (loss nan, loss/final" in message and f"{tmp_path / 'run' / 'last.pt'} (step 1)" in message
+    assert "\n" not in message  # one line
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 1  # the diverged weights were never saved
