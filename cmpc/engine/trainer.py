@@ -195,7 +195,8 @@ def train(cfg, run_dir: str | Path) -> dict:
     net = model
     if info.world_size > 1 and first is not None:
         model.train()
-        unused = parameters_without_gradient(model, lambda: batch_loss(model, first, t, device)[0])
+        readable = "words" in first  # a batch of unreadable samples only has no words (UnreadableTally)
+        unused = parameters_without_gradient(model, lambda: batch_loss(model, first, t, device)[0]) if readable else []
         net = data_parallel(model, info, device, unused)
     net = compile_model(net) if t.compile else net  # compile(DDP(model)): dynamo splits the graph at DDP's buckets
     # TensorBoard hides events a killed run logged after the checkpoint; the log file is flushed per line
