@@ -77,7 +77,7 @@ def test_every_experiment_config_trains_under_two_process_ddp(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {row["experiment"]: row for row in map(json.loads, out.read_text().splitlines())}
-    assert len(rows) == len(list((ROOT / "configs" / "experiment").glob("*.yaml"))) == 32
+    assert len(rows) == len(list((ROOT / "configs" / "experiment").glob("*.yaml"))) >= 32
     for name, row in rows.items():
         assert all(torch.isfinite(torch.tensor(row["losses"]))), name
         assert row["rank_spread"] < 1e-6, name  # DDP kept the ranks' weights equal
