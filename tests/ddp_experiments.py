@@ -6,8 +6,9 @@
 For each ``configs/experiment/*.yaml`` the model is built from the composed config at tiny widths, wrapped the
 way the trainer wraps it (:func:`cmpc.engine.distributed.data_parallel` after the unused-parameter probe) and
 trained 2 steps on a grouped synthetic batch (3-frame clips for CMPC-V), each rank on its own half. Rank 0
-writes one JSON line per config to ``argv[1]``: whether DDP needed ``find_unused_parameters``, the losses,
-and the largest difference of the trained weights between the ranks (0 when DDP synchronised them).
+writes one JSON line per config (and one for a model given a module it never calls) to ``argv[1]``: whether
+DDP needed ``find_unused_parameters``, the losses, and the largest difference of the trained weights between
+the ranks (0 when DDP synchronised them).
 """
 
 import json
@@ -52,10 +53,14 @@ def main(out: str, device_type: str = "cpu") -> None:
     info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
     lines = []
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        for path in sorted((ROOT / "configs" / "experiment").glob("*.yaml")):
-            cfg = compose("train", overrides=[f"experiment={path.stem}", *TINY])
+        names = [path.stem for path in sorted((ROOT / "configs" / "experiment").glob("*.yaml"))]
+        for name in [*names, "spare_module"]:  # + a model with a parameter that gets no gradient
+            cfg = compose("train", overrides=[f"experiment={'table9_full' if name == 'spare_module' else name}", *TINY])
             torch.manual_seed(0)  # the same initial weights on both ranks, as the trainer's seed_everything
-            model = build_model(cfg.model, cfg.backbone, VOCAB).to(device).train()
+            model = build_model(cfg.model, cfg.backbone, VOCAB)
+            if name == "spare_module":
+                model.spare = torch.nn.Linear(2, 2)  # never called in forward
+            model = model.to(device).train()
             t = cfg.trainer
             batch = batch_for(info.rank, cfg.model.name == "cmpc_v")
             unused = parameters_without_gradient(model, lambda: batch_loss(model, batch, t, device)[0])
@@ -67,7 +72,7 @@ def main(out: str, device_type: str = "cpu") -> None:
             others = [torch.zeros_like(flat) for _ in range(info.world_size)]
             dist.all_gather(others, flat)
             spread = max(float((o - flat).abs().max()) for o in others)
-            lines.append({"experiment": path.stem, "find_unused": net.find_unused_parameters, "unused": len(unused),
+            lines.append({"experiment": name, "find_unused": net.find_unused_parameters, "unused": len(unused),
                           "losses": losses, "rank_spread": spread})
     if info.is_main:
         Path(out).write_text("\n".join(json.dumps(line) for line in lines) + "\n")
