@@ -92,7 +92,7 @@ step eval_crf 120 "$PY" scripts/eval.py "checkpoint=$WORK/run_off/best.pt" "path
 
 step ddp_1_process 180 "$PY" -m torch.distributed.run --nproc_per_node=1 "--master_port=$(free_port)" \
   tests/ddp_experiments.py "$WORK/ddp.jsonl" "$DEVICE"
-[[ -f "$WORK/ddp.jsonl" ]] && { echo "experiment configs trained under DDP: $(wc -l <"$WORK/ddp.jsonl")"; echo; } >>"$OUT"
+[[ -f "$WORK/ddp.jsonl" ]] && { echo "models trained under DDP (experiment configs + 1 with an unused module): $(wc -l <"$WORK/ddp.jsonl")"; echo; } >>"$OUT"
 
 if [[ $DRY == 1 ]]; then
   step compile_probe 300 "$PY" benchmarks/compile_probe.py --device "$DEVICE" --steps 4 --log-every 2

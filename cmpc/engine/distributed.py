@@ -96,7 +96,7 @@ def parameters_without_gradient(model: torch.nn.Module, loss: Callable[[], torch
 def data_parallel(model: torch.nn.Module, info: DistInfo, device: torch.device, unused: list[str]):
     """``model`` wrapped in DistributedDataParallel. ``unused`` (this rank's :func:`parameters_without_gradient`)
     decides ``find_unused_parameters``: on when any rank has a trainable parameter that gets no gradient (e.g. a
-    table-5 ablation whose module output is not used), off otherwise, since it costs a graph traversal per step."""
+    module that is built but whose output is not used), off otherwise, since it costs a graph traversal per step."""
     find_unused = any_rank(bool(unused), info, device)
     if find_unused and info.is_main:
         log.info("DDP with find_unused_parameters: %d parameters get no gradient (%s)", len(unused),
