@@ -21,7 +21,6 @@ import sys
 
 from common import median_time, publish
 
-
 PARTS = ("block", "propagation")
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import load_run, run_parser
 from pycocotools.coco import COCO
 
 from cmpc.cli import friendly_errors
@@ -30,8 +31,6 @@ from cmpc.data import build_dataset
 from cmpc.data.base import collate
 from cmpc.data.synthetic import Expression, load_image_scenes, parse_expression, relation_subkind, resolve
 from cmpc.explain import capture_reasoning, cell_cover, outgoing_attention, reasoning_graphs
-
-from common import load_run, run_parser
 
 
 def object_roles(scene, expr, target_oid):

@@ -38,6 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_time, publish  # noqa: E402
+
 VOCAB = 10000
 TINY = ["backbone=small", "model.visual_dim=32", "model.word_dim=32", "model.embed_dim=16", "model.dim=32",
         "model.out_dim=16", "model.word_classifier_dim=16", "model.convlstm_hidden=16"]

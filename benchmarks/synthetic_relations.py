@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 
+from common import load_run, run_parser
 from torch.utils.data import Dataset
 
 from cmpc.cli import friendly_errors
@@ -22,8 +23,6 @@ from cmpc.data import build_dataset
 from cmpc.data.base import Unreadable
 from cmpc.data.synthetic import load_image_scenes, parse_expression, relation_subkind
 from cmpc.engine.evaluate import evaluate
-
-from common import load_run, run_parser
 
 
 class RelationSubkinds(Dataset):

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .errors import ConfigError
-from .paper_tables import PaperRow, PaperTable, table as paper_table
+from cmpc.errors import ConfigError
+from cmpc.paper_tables import PaperRow, PaperTable
+from cmpc.paper_tables import table as paper_table
 
 MANIFEST = "ablate.json"
 ERROR_FILE = "error.txt"

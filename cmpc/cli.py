@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import CmpcError
+from cmpc.errors import CmpcError
 
 
 def friendly_errors(main):

@@ -30,16 +30,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .data.base import IMAGE_SUFFIXES, read_image, read_video, resolve_offsets
-from .data.text import UNK_ID, tokenize
-from .data.transforms import Letterbox
-from .engine.builders import load_trained
-from .engine.video import segment_frames
-from .errors import CmpcError, DatasetError
-from .explain import capture_reasoning, cell_cover, outgoing_attention, reasoning_graphs
-from .models.functional import upsample_logits
-from .models.video import CMPCVideo
-from .viz import overlay, word_type_bars, write_gif
+from cmpc.data.base import IMAGE_SUFFIXES, read_image, read_video, resolve_offsets
+from cmpc.data.text import UNK_ID, tokenize
+from cmpc.data.transforms import Letterbox
+from cmpc.engine.builders import load_trained
+from cmpc.engine.video import segment_frames
+from cmpc.errors import CmpcError, DatasetError
+from cmpc.explain import capture_reasoning, cell_cover, outgoing_attention, reasoning_graphs
+from cmpc.models.functional import upsample_logits
+from cmpc.models.video import CMPCVideo
+from cmpc.viz import overlay, word_type_bars, write_gif
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def segment_image(dm: DemoModel, image: Any, sentence: str, crf: bool = False) -
     prob_padded = torch.sigmoid(logits).numpy()
     size = rgb.shape[:2]
     if crf:
-        from .crf import dense_crf
+        from cmpc.crf import dense_crf
 
         mask_padded = dense_crf(padded, prob_padded)
         mask = dm.letterbox.invert(mask_padded.astype(np.float32), size) >= 0.5
@@ -361,7 +361,7 @@ def synthetic_examples(folder: str | os.PathLike, count: int = 3, *, video: bool
     written into ``folder``: PNG images, or for ``video=True`` MP4 clips (mp4v, which OpenCV reads back)."""
     import cv2
 
-    from .data.synthetic import generate_image_sample, generate_video_sample
+    from cmpc.data.synthetic import generate_image_sample, generate_video_sample
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

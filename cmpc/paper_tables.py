@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .errors import ConfigError
+from cmpc.errors import ConfigError
 
 DATA_FILE = Path(__file__).with_name("paper_tables.yaml")
 SWITCHES = ("levels", "ep", "rar", "g", "tgfe", "n", "nw", "convlstm", "glove", "cmf", "aar", "adjacency")

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from cmpc.ablation import MANIFEST, ERROR_FILE, collect, read_manifest, report, selected_rows
+from cmpc.ablation import ERROR_FILE, MANIFEST, collect, read_manifest, report, selected_rows
 from cmpc.cli import friendly_errors
 from cmpc.errors import ConfigError
 from cmpc.paper_tables import table as paper_table

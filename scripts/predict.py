@@ -28,7 +28,6 @@ from cmpc.engine.rundir import register_resolver
 from cmpc.engine.video import segment_frames
 from cmpc.viz import overlay, save_png, write_gif
 
-
 register_resolver()  # ${cmpc_run_dir:...} in hydra.run.dir
 
 

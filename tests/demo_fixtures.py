@@ -1,13 +1,12 @@
 """A tiny untrained checkpoint in the format train.py writes (config, vocabulary, weights), in seconds."""
 
 import torch
+from conftest import CONFIG_DIR
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cmpc.data import Vocabulary
 from cmpc.engine.builders import build_model_for
-
-from conftest import CONFIG_DIR
 
 TINY = ["model.visual_dim=16", "model.word_dim=16", "model.dim=16", "model.out_dim=16", "model.word_classifier_dim=8",
         "model.convlstm_hidden=16", "model.tgfe_rounds=1", "backbone.widths=[8,16,16,16]", "dataset.input_size=64",

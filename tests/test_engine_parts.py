@@ -91,9 +91,8 @@ def test_sampler_order_is_a_function_of_seed_and_step_only():
 
 
 def test_fast_image_recipe_is_the_official_one_batched_grouped_and_bf16_over_as_many_sentences():
-    from hydra import compose, initialize_config_dir
-
     from conftest import CONFIG_DIR
+    from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         official = compose("train", overrides=["dataset=unc"]).trainer

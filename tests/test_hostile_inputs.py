@@ -12,20 +12,19 @@ import sys
 from pathlib import Path
 
 import cv2
+import fixtures_data as F
 import numpy as np
 import pytest
+from conftest import CONFIG_DIR, ROOT
 from omegaconf import OmegaConf
 from PIL import Image
 
-import fixtures_data as F
 from cmpc.data import build_dataset, build_vocab, collate
 from cmpc.data.base import Unreadable, UnreadableTally, read_image, to_rgb
 from cmpc.data.refer import clean_segmentation, load_pickle, segmentation_to_mask
 from cmpc.data.text import Vocabulary, tokens_cut
 from cmpc.engine import config_check
 from cmpc.errors import ConfigError, DatasetError
-
-from conftest import CONFIG_DIR, ROOT
 
 ISSUE_POLYGON = [-164.1, -221.8, 2.08e8, 3.52e8, 225.9, 236.5, 272.0, 384.2]
 
@@ -428,9 +427,9 @@ def test_prepare_lists_skipped_entries_and_training_runs_to_the_end(tmp_path):
     assert mask.shape == (28, 28) and 0 < mask.sum() < 28 * 28
 
     from hydra import compose, initialize_config_dir
-    from cmpc.engine.trainer import train
-
     from test_training import TINY_MODEL
+
+    from cmpc.engine.trainer import train
 
     overrides = ["dataset=unc", "backbone=small", "backbone.weights=random", "trainer=synthetic", "device=cpu",
                  "model.glove=false",

@@ -2,18 +2,17 @@
 
 import pytest
 import torch
+from conftest import CONFIG_DIR
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cmpc.models import build_model
+from cmpc.models.convlstm import ConvLSTM
 from cmpc.models.coords import spatial_coords
 from cmpc.models.language import WordClassifier, WordEncoder, Words, routing_words
+from cmpc.models.loss import referring_loss
 from cmpc.models.relation import RelationAwareReasoning
 from cmpc.models.tgfe import TextGuidedFeatureExchange
-from cmpc.models.convlstm import ConvLSTM
-from cmpc.models.loss import referring_loss
-
-from conftest import CONFIG_DIR
 
 TINY = {
     "visual_dim": 24, "word_dim": 24, "embed_dim": 12, "dim": 24, "out_dim": 16,

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import CONFIG_DIR, ROOT
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -16,8 +17,6 @@ from cmpc.models import build_model, model_keywords
 from cmpc.models.backbone import SmallResNet
 from cmpc.models.cmpc import CMPCImage
 from cmpc.models.video import CMPCVideo
-
-from conftest import CONFIG_DIR, ROOT
 
 TINY = dict(visual_dim=24, word_dim=24, embed_dim=12, dim=24, out_dim=16, word_classifier_dim=8, convlstm_hidden=16,
             tgfe_rounds=2)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONFIG_DIR
 from hydra import compose, initialize_config_dir
 
 from cmpc import paper_tables
@@ -18,8 +19,6 @@ from cmpc.errors import ConfigError
 from cmpc.models import build_model
 from cmpc.models.convlstm import ConvLSTM
 from cmpc.models.loss import referring_loss
-
-from conftest import CONFIG_DIR
 
 # tiny widths, small random backbone: structure and gradient flow only (random weights asked for explicitly)
 TINY = [

@@ -1,15 +1,14 @@
 """Each real dataset config trains and evaluates a few steps on a fixture written in its real on-disk format."""
 
 import pytest
+from fixtures_data import make_refer_fixture, make_referit_fixture
 from omegaconf import OmegaConf
+from test_training import TINY_MODEL, compose_cfg
 
+from cmpc.data import build_dataset
 from cmpc.engine.builders import load_trained
 from cmpc.engine.evaluate import evaluate
-from cmpc.data import build_dataset
 from cmpc.engine.trainer import train
-
-from fixtures_data import make_referit_fixture, make_refer_fixture
-from test_training import TINY_MODEL, compose_cfg
 
 SMALL_RUN = [
     "backbone=small", "backbone.weights=random", "model.glove=false", "trainer=synthetic", "device=cpu",

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
+from test_training import _run, compose_cfg, tiny_overrides
 
 from cmpc.engine import checkpoint as ckpt
 from cmpc.engine.builders import load_trained
@@ -20,9 +22,6 @@ from cmpc.engine.distributed import DistInfo
 from cmpc.engine.rundir import STORE_KEY, agreed_run_dir, claim_new_dir, open_run_dir, truncate_log
 from cmpc.engine.trainer import train
 from cmpc.errors import ConfigError
-
-from conftest import ROOT
-from test_training import _run, compose_cfg, tiny_overrides
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONFIG_DIR, ROOT, free_port
 from hydra import compose, initialize_config_dir
 
 from cmpc.engine.checkpoint import load_checkpoint
 from cmpc.engine.trainer import train
-
-from conftest import CONFIG_DIR, ROOT, free_port
 
 TINY_MODEL = [
     "model.visual_dim=16", "model.word_dim=16", "model.dim=16", "model.out_dim=16",

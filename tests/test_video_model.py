@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CONFIG_DIR
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -16,8 +17,6 @@ from cmpc.models.language import VIDEO_WORD_TYPES
 from cmpc.models.loss import referring_loss
 from cmpc.models.relation import RelationAwareReasoning
 from cmpc.models.video import CMPCVideo
-
-from conftest import CONFIG_DIR
 
 TINY = {
     "visual_dim": 24, "word_dim": 24, "embed_dim": 12, "dim": 24, "out_dim": 16,

@@ -22,8 +22,14 @@ import numpy as np
 from cmpc.data.a2d import A2DDataset
 from cmpc.data.base import RawSample, ReferringDataset, collate, collate_grouped
 from cmpc.data.jhmdb import JHMDBDataset
-from cmpc.data.refer import (GRefDataset, GRefUMDDataset, RefClefDataset, SyntheticImageDataset, UNCDataset,
-                             UNCPlusDataset)
+from cmpc.data.refer import (
+    GRefDataset,
+    GRefUMDDataset,
+    RefClefDataset,
+    SyntheticImageDataset,
+    UNCDataset,
+    UNCPlusDataset,
+)
 from cmpc.data.referit import ReferItDataset
 from cmpc.data.text import Vocabulary, cached_glove_matrix, glove_matrix, tokenize
 from cmpc.data.transforms import Letterbox

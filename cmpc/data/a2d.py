@@ -39,8 +39,16 @@ import cv2
 import h5py
 import numpy as np
 
-from cmpc.data.base import (RawSample, ReferringDataset, clip_indices, open_text, read_image, require_dir,
-                            require_file, resolve_offsets)
+from cmpc.data.base import (
+    RawSample,
+    ReferringDataset,
+    clip_indices,
+    open_text,
+    read_image,
+    require_dir,
+    require_file,
+    resolve_offsets,
+)
 from cmpc.data.text import has_words
 from cmpc.errors import ConfigError, DatasetError
 

@@ -27,8 +27,17 @@ from pathlib import Path
 import numpy as np
 
 from cmpc.data.a2d import OFFICIAL_OFFSETS
-from cmpc.data.base import (RawSample, ReferringDataset, clip_indices, open_text, read_image, read_mat_array,
-                            require_dir, require_file, resolve_offsets)
+from cmpc.data.base import (
+    RawSample,
+    ReferringDataset,
+    clip_indices,
+    open_text,
+    read_image,
+    read_mat_array,
+    require_dir,
+    require_file,
+    resolve_offsets,
+)
 from cmpc.data.text import has_words
 from cmpc.errors import ConfigError, DatasetError
 

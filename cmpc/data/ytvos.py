@@ -41,8 +41,16 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from cmpc.data.base import (RawSample, ReferringDataset, Unreadable, clip_indices, read_image, require_dir,
-                            require_file, resolve_offsets)
+from cmpc.data.base import (
+    RawSample,
+    ReferringDataset,
+    Unreadable,
+    clip_indices,
+    read_image,
+    require_dir,
+    require_file,
+    resolve_offsets,
+)
 from cmpc.data.refer import load_json
 from cmpc.data.text import has_words
 from cmpc.errors import ConfigError, DatasetError

@@ -10,10 +10,10 @@ import numpy as np
 from omegaconf import OmegaConf
 from torch import nn
 
-from ..data import Vocabulary, build_dataset, build_glove, build_vocab
-from ..errors import ConfigError
-from ..models import build_model
-from .checkpoint import load_checkpoint, load_weights
+from cmpc.data import Vocabulary, build_dataset, build_glove, build_vocab
+from cmpc.engine.checkpoint import load_checkpoint, load_weights
+from cmpc.errors import ConfigError
+from cmpc.models import build_model
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 

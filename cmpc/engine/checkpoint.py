@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from ..errors import ConfigError
+from cmpc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,8 @@ def load_weights(model: torch.nn.Module, weights: dict, path) -> None:
 
 def provenance() -> dict:
     """Format version, cmpc and torch versions and the git commit of the code (``+dirty`` with local changes)."""
-    from .. import __version__
-    from .environment import git_commit
+    from cmpc import __version__
+    from cmpc.engine.environment import git_commit
 
     return {"format": FORMAT_VERSION, "cmpc": __version__, "torch": str(torch.__version__), "git": git_commit()}
 

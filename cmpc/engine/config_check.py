@@ -14,7 +14,7 @@ from numbers import Integral, Real
 import torch
 from omegaconf import OmegaConf
 
-from ..errors import ConfigError
+from cmpc.errors import ConfigError
 
 # key -> (kind, lowest allowed value, what the range means); kind "int" | "number"; None allowed where noted
 TRAINER_RULES = {

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from cmpc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

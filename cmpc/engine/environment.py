@@ -48,7 +48,7 @@ def cpu_name() -> str:
 
 def environment(step: int) -> dict:
     """One record of the machine and software a run (re)starts on at ``step``."""
-    from .. import __version__
+    from cmpc import __version__
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
     return {

@@ -18,14 +18,14 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from ..data import collate_grouped
-from ..data.base import UnreadableTally
-from ..metrics import RefSegMetrics
-from ..models.functional import upsample_logits
-from .distributed import DistInfo, gather_objects
-from .precision import autocast
-from .sampler import group_indices, shard_groups
-from .workers import worker_init
+from cmpc.data import collate_grouped
+from cmpc.data.base import UnreadableTally
+from cmpc.engine.distributed import DistInfo, gather_objects
+from cmpc.engine.precision import autocast
+from cmpc.engine.sampler import group_indices, shard_groups
+from cmpc.engine.workers import worker_init
+from cmpc.metrics import RefSegMetrics
+from cmpc.models.functional import upsample_logits
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def evaluate(model, dataset, *, device, info: DistInfo = DistInfo(), batch_size:
     plain, refined = make(), make()
     pool = None
     if crf:
-        from ..crf import CRFPool
+        from cmpc.crf import CRFPool
 
         pool = CRFPool(crf_workers)
     letterbox = dataset.letterbox

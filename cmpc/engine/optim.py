@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from cmpc.errors import ConfigError
 
 
 def parameter_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr_mult: float) -> list[dict]:

@@ -20,7 +20,7 @@ import logging
 
 import torch
 
-from ..errors import ConfigError
+from cmpc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

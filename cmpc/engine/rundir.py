@@ -19,10 +19,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..cli import friendly_errors
-from ..errors import ConfigError
-from . import checkpoint as ckpt
-from .distributed import DistInfo, gather_objects
+from cmpc.cli import friendly_errors
+from cmpc.engine import checkpoint as ckpt
+from cmpc.engine.distributed import DistInfo, gather_objects
+from cmpc.errors import ConfigError
 
 STORE_KEY = "cmpc/run_dir"
 

@@ -20,24 +20,33 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from ..data import collate, collate_grouped
-from ..data.base import RawSample, UnreadableTally
-from ..errors import ConfigError, TrainingDiverged
-from ..metrics import format_table
-from ..models.loss import referring_loss
-from ..viz import overlay
-from . import checkpoint as ckpt
-from .builders import build_datasets, build_model_for, check_pretrained
-from .config_check import check_train_config
-from .distributed import (DistInfo, any_rank, average_across_ranks, barrier, cleanup, data_parallel, init_distributed,
-                          parameters_without_gradient, resolve_device)
-from .environment import record_environment
-from .evaluate import evaluate, model_inputs, predict_logits
-from .optim import build_optimizer, learning_rate, set_learning_rate
-from .precision import autocast, needs_grad_scaler
-from .rundir import open_run_dir, truncate_log
-from .sampler import StepBatchSampler, group_indices
-from .workers import worker_init
+from cmpc.data import collate, collate_grouped
+from cmpc.data.base import RawSample, UnreadableTally
+from cmpc.engine import checkpoint as ckpt
+from cmpc.engine.builders import build_datasets, build_model_for, check_pretrained
+from cmpc.engine.config_check import check_train_config
+from cmpc.engine.distributed import (
+    DistInfo,
+    any_rank,
+    average_across_ranks,
+    barrier,
+    cleanup,
+    data_parallel,
+    init_distributed,
+    parameters_without_gradient,
+    resolve_device,
+)
+from cmpc.engine.environment import record_environment
+from cmpc.engine.evaluate import evaluate, model_inputs, predict_logits
+from cmpc.engine.optim import build_optimizer, learning_rate, set_learning_rate
+from cmpc.engine.precision import autocast, needs_grad_scaler
+from cmpc.engine.rundir import open_run_dir, truncate_log
+from cmpc.engine.sampler import StepBatchSampler, group_indices
+from cmpc.engine.workers import worker_init
+from cmpc.errors import ConfigError, TrainingDiverged
+from cmpc.metrics import format_table
+from cmpc.models.loss import referring_loss
+from cmpc.viz import overlay
 
 log = logging.getLogger(__name__)
 

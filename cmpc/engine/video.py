@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data import VideoExpression, write_submission
-from ..data.base import clip_indices
-from ..metrics import RefSegMetrics, VideoJF
-from ..models.functional import upsample_logits
-from ..errors import DatasetError
-from .precision import autocast
+from cmpc.data import VideoExpression, write_submission
+from cmpc.data.base import clip_indices
+from cmpc.engine.precision import autocast
+from cmpc.errors import DatasetError
+from cmpc.metrics import RefSegMetrics, VideoJF
+from cmpc.models.functional import upsample_logits
 
 log = logging.getLogger(__name__)
 

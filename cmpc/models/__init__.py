@@ -6,10 +6,10 @@ import inspect
 
 from torch import nn
 
-from ..errors import ConfigError
-from .backbone import build_backbone
-from .cmpc import CMPCImage
-from .video import CMPCVideo
+from cmpc.errors import ConfigError
+from cmpc.models.backbone import build_backbone
+from cmpc.models.cmpc import CMPCImage
+from cmpc.models.video import CMPCVideo
 
 MODELS = {"cmpc_i": CMPCImage, "baseline": CMPCImage, "cmpc_v": CMPCVideo}
 # model config keys that are not network keywords: ``glove`` tells the engine to initialise the embeddings

@@ -33,7 +33,7 @@ import math
 import torch
 from torch import nn
 
-from .relation import RelationAwareReasoning
+from cmpc.models.relation import RelationAwareReasoning
 
 ADJACENCIES = ("dr", "ar")
 VALUES = ("reasoned", "vertices")

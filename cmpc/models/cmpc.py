@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .coords import CoordinateFusion
-from .functional import l2_normalize
-from .language import IMAGE_WORD_TYPES, WordClassifier, WordEncoder, Words, routing_words, weighted_words
-from .perception import EntityPerception
-from .relation import RelationAwareReasoning
-from .tgfe import TextGuidedFeatureExchange
-from .convlstm import ConvLSTM
+from cmpc.models.convlstm import ConvLSTM
+from cmpc.models.coords import CoordinateFusion
+from cmpc.models.functional import l2_normalize
+from cmpc.models.language import IMAGE_WORD_TYPES, WordClassifier, WordEncoder, Words, routing_words, weighted_words
+from cmpc.models.perception import EntityPerception
+from cmpc.models.relation import RelationAwareReasoning
+from cmpc.models.tgfe import TextGuidedFeatureExchange
 
 LEVEL_NAMES = ("res3", "res4", "res5")
 

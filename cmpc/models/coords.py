@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .functional import l2_normalize
+from cmpc.models.functional import l2_normalize
 
 
 def spatial_coords(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .functional import l2_normalize
+from cmpc.models.functional import l2_normalize
 
 IMAGE_WORD_TYPES = ("entity", "attribute", "relation", "unnecessary")
 VIDEO_WORD_TYPES = ("entity", "attribute", "relation", "action", "unnecessary")

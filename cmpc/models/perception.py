@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .functional import l2_normalize
+from cmpc.models.functional import l2_normalize
 
 
 class EntityPerception(nn.Module):

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from .functional import l2_normalize, masked_softmax
+from cmpc.models.functional import l2_normalize, masked_softmax
 
 
 class RelationAwareReasoning(nn.Module):

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from .functional import l2_normalize
+from cmpc.models.functional import l2_normalize
 
 
 class LevelExchange(nn.Module):

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .action import ActionAwareReasoning
-from .cmpc import CMPCImage, CMPCLevel, Language
-from .functional import l2_normalize
-from .language import VIDEO_WORD_TYPES, routing_words, weighted_words
+from cmpc.models.action import ActionAwareReasoning
+from cmpc.models.cmpc import CMPCImage, CMPCLevel, Language
+from cmpc.models.functional import l2_normalize
+from cmpc.models.language import VIDEO_WORD_TYPES, routing_words, weighted_words
 
 
 @dataclass

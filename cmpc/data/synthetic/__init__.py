@@ -52,14 +52,51 @@ from .output import GENERATOR_VERSION, IMAGE_DEFAULTS, MARKER, STAMP, VIDEO_DEFA
 from .refer_writer import ensure_image_benchmark, generate_image_benchmark
 from .resolver import kind_is_valid, motion_label, relation_status, relation_subkind, resolve
 from .samples import ImageSample, VideoSample, generate_image_sample, generate_video_sample
-from .scene import (BETWEEN_D_FALSE, BETWEEN_D_TRUE, DECOY_SHARE, GAP, LOC_MARGIN, MOVE_MIN, NEAR_FALSE, NEAR_TRUE,
-                    OFF_AXIS, PAD, RELATION_GAP, STILL_MAX, Expression, Phrase, Scene, SceneObject, scene_from_json)
+from .scene import (
+                    BETWEEN_D_FALSE,
+                    BETWEEN_D_TRUE,
+                    DECOY_SHARE,
+                    GAP,
+                    LOC_MARGIN,
+                    MOVE_MIN,
+                    NEAR_FALSE,
+                    NEAR_TRUE,
+                    OFF_AXIS,
+                    PAD,
+                    RELATION_GAP,
+                    STILL_MAX,
+                    Expression,
+                    Phrase,
+                    Scene,
+                    SceneObject,
+                    scene_from_json,
+)
 from .sentences import clean_sentence, parse_expression, realize
 from .shapes import object_polygon, polygon_mask
 from .stats import benchmark_statistics, format_statistics, load_image_scenes, load_video_scenes
-from .vocabulary import (COLOUR_WORDS, COLOURS, CONNECTORS, IMAGE_KINDS, KINDS, LOC_POST, LOC_PRE, LOCATIONS,
-                         MOTION_POST, MOTION_PRE, MOTIONS, PREFIXES, REL_PHRASES, RELATIONS, SHAPE_WORDS, SHAPES,
-                         SIZE_RADIUS, SIZE_WORDS, SIZES, SUFFIXES_IMAGE, SUFFIXES_VIDEO)
+from .vocabulary import (
+                    COLOUR_WORDS,
+                    COLOURS,
+                    CONNECTORS,
+                    IMAGE_KINDS,
+                    KINDS,
+                    LOC_POST,
+                    LOC_PRE,
+                    LOCATIONS,
+                    MOTION_POST,
+                    MOTION_PRE,
+                    MOTIONS,
+                    PREFIXES,
+                    REL_PHRASES,
+                    RELATIONS,
+                    SHAPE_WORDS,
+                    SHAPES,
+                    SIZE_RADIUS,
+                    SIZE_WORDS,
+                    SIZES,
+                    SUFFIXES_IMAGE,
+                    SUFFIXES_VIDEO,
+)
 from .ytvos_writer import FRAME_STEP, ensure_video_benchmark, generate_video_benchmark
 
 __all__ = [

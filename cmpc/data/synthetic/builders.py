@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .resolver import (_AXIS_LOCATION, _axes, _from_axes, _matches, kind_is_valid, motion_label, relation_status,
-                       resolve)
+from .resolver import _AXIS_LOCATION, _axes, _from_axes, _matches, kind_is_valid, motion_label, relation_status, resolve
 from .scene import DECOY_SHARE, GAP, OFF_AXIS, PAD, RELATION_GAP, Expression, Phrase, Scene, SceneObject
 from .sentences import clean_sentence, realize
 from .shapes import _ROTATES

@@ -9,8 +9,17 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .output import (GENERATOR_VERSION, IMAGE_DEFAULTS, STAMP, _atomic_generate, _bar, _dump_json, _ensure,
-                     _jpeg_bytes, _normalise)
+from .output import (
+    GENERATOR_VERSION,
+    IMAGE_DEFAULTS,
+    STAMP,
+    _atomic_generate,
+    _bar,
+    _dump_json,
+    _ensure,
+    _jpeg_bytes,
+    _normalise,
+)
 from .samples import generate_image_sample
 from .scene import RELATION_GAP
 from .sentences import clean_sentence

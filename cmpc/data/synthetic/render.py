@@ -10,7 +10,6 @@ import numpy as np
 
 from .vocabulary import COLOURS
 
-
 _PALETTE = [(c[0], c[1], c[2]) for c in COLOURS.values()]
 
 

@@ -9,8 +9,21 @@ from __future__ import annotations
 
 import math
 
-from .scene import (BETWEEN_D_FALSE, BETWEEN_D_TRUE, GAP, LOC_MARGIN, MOVE_MIN, NEAR_FALSE, NEAR_TRUE, OFF_AXIS,
-                    STILL_MAX, Expression, Phrase, Scene, SceneObject)
+from .scene import (
+    BETWEEN_D_FALSE,
+    BETWEEN_D_TRUE,
+    GAP,
+    LOC_MARGIN,
+    MOVE_MIN,
+    NEAR_FALSE,
+    NEAR_TRUE,
+    OFF_AXIS,
+    STILL_MAX,
+    Expression,
+    Phrase,
+    Scene,
+    SceneObject,
+)
 
 
 def _matches(o: SceneObject, p: Phrase) -> bool:

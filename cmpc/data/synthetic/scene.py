@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 # Geometry constants, as fractions of the image side S.
 PAD = 0.02           # objects keep this far from the border
 GAP = 0.03           # minimum gap between the bounding circles of two objects

@@ -4,9 +4,28 @@ post-nominal attributes, capitalisation, punctuation) and :func:`parse_expressio
 from __future__ import annotations
 
 from .scene import Expression, Phrase
-from .vocabulary import (_COLOUR_OF, _LOC_MATCH, _LOC_WORD, _MOTION_MATCH, _MOTION_PRE_OF, _REL_MATCH, _SHAPE_OF,
-                         _SIZE_OF, COLOUR_WORDS, CONNECTORS, LOC_POST, LOC_PRE, MOTION_POST, MOTION_PRE, PREFIXES,
-                         REL_PHRASES, SHAPE_WORDS, SIZE_WORDS, SUFFIXES_IMAGE, SUFFIXES_VIDEO)
+from .vocabulary import (
+    _COLOUR_OF,
+    _LOC_MATCH,
+    _LOC_WORD,
+    _MOTION_MATCH,
+    _MOTION_PRE_OF,
+    _REL_MATCH,
+    _SHAPE_OF,
+    _SIZE_OF,
+    COLOUR_WORDS,
+    CONNECTORS,
+    LOC_POST,
+    LOC_PRE,
+    MOTION_POST,
+    MOTION_PRE,
+    PREFIXES,
+    REL_PHRASES,
+    SHAPE_WORDS,
+    SIZE_WORDS,
+    SUFFIXES_IMAGE,
+    SUFFIXES_VIDEO,
+)
 
 
 def clean_sentence(text: str) -> str:

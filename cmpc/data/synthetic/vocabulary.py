@@ -5,7 +5,6 @@ Every tuple is an alternative spelling; a table maps a meaning (``"left"``, ``("
 """
 from __future__ import annotations
 
-
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 SHAPE_WORDS = {
     "circle": ("circle", "ball", "disk"),

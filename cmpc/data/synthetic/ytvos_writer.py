@@ -15,7 +15,6 @@ from .samples import generate_video_sample
 from .scene import RELATION_GAP
 from .sentences import clean_sentence
 
-
 FRAME_STEP = 5
 
 
