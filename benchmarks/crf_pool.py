@@ -3,7 +3,8 @@
     python benchmarks/crf_pool.py --n 32 --size 320 [--workers N]
 
 Prints the serial time, the pooled time including the start of the worker processes (cold) and with
-warm workers, and the speed-ups (best of --repeats; the machine may be shared, so compare on a quiet one).  Results are checked to be identical.
+warm workers, and the speed-ups (best of --repeats; the machine may be shared, so compare on a quiet one).
+Results are checked to be identical.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def main() -> None:
     t_serial, t_warm = min(serial_times), min(warm_times)
 
     same = all(np.array_equal(a, b) for a, b in zip(ref, cold)) and all(np.array_equal(a, b) for a, b in zip(ref, warm))
-    print(f"{args.n} images of {args.size}x{args.size}, cpus usable={len(os.sched_getaffinity(0))}, workers={pool.workers}")
+    print(f"{args.n} images of {args.size}x{args.size}, cpus usable={len(os.sched_getaffinity(0))}, "
+          f"workers={pool.workers}")
     print(f"serial          : {t_serial:7.3f} s  ({1000 * t_serial / args.n:.1f} ms/image)")
     print(f"pool (cold)     : {t_cold:7.3f} s  speed-up {t_serial / t_cold:.2f}x  (includes starting the workers)")
     print(f"pool (warm)     : {t_warm:7.3f} s  speed-up {t_serial / t_warm:.2f}x")

@@ -88,7 +88,8 @@ def table(rows: list[dict], device: str, repeats: int) -> str:
         if r["path"] == "fast":
             ex = next(e for e in rows if (e["part"], e["size"], e["path"]) == (r["part"], r["size"], "explicit"))
             note = f"{ex['ms'] / r['ms']:.1f}x faster, {r['peak_mb'] / max(ex['peak_mb'], 1e-9):.3f} of the memory"
-        lines.append(f"| {r['part']} | {r['size']} | {r['n']} | {r['path']} | {r['ms']:.1f} | {r['peak_mb']:.1f} | {note} |")
+        lines.append(f"| {r['part']} | {r['size']} | {r['n']} | {r['path']} | {r['ms']:.1f} | {r['peak_mb']:.1f} "
+                     f"| {note} |")
     return "\n".join(lines)
 
 

@@ -89,7 +89,8 @@ def main() -> None:
                 for token, p in zip(batch["words"][0].tolist(), rel):
                     if token != 0:  # padding
                         route[vocab.words[token]].append(p)
-            for name, (adjacency, grid) in reasoning_graphs(model, captured).items():  # grid: the multimodal map's h x w
+            # grid: the multimodal map's h x w
+            for name, (adjacency, grid) in reasoning_graphs(model, captured).items():
                 adjacency = adjacency[0]
                 sink = cell_cover([masks[o] for o in landmarks], grid)
                 mass[(name, "target")].append(edge_mass(adjacency, cell_cover([masks[target[0]]], grid), sink))

@@ -65,7 +65,8 @@ def toy_scene(rng, grid):
         decoy = bool(rng.random() < 0.5)
         t_along = holds[targets[0]][0]
         ok = [i for i, (along, across) in enumerate(holds) if not (along >= 1 and across <= 1) and (
-            (along > t_along and across >= 3) if decoy else True) and tuple(cells[i]) not in (tuple(landmark), tuple(target))]
+            (along > t_along and across >= 3) if decoy else True)
+            and tuple(cells[i]) not in (tuple(landmark), tuple(target))]
         if not ok:
             continue
         twin = cells[ok[0]]

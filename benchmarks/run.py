@@ -227,13 +227,15 @@ def report(rows: list[dict], rar_rows: list[dict], args, device: str) -> str:
              + (" (TINY widths: smoke test, not the paper model)" if args.tiny else ""), ""]
     titles = {("train", "train"): "CMPC-I training", ("infer", "infer"): "CMPC-I inference",
               ("crf", "crf"): f"DenseCRF refinement at {args.size}x{args.size} (official parameters)",
-              ("video", "train"): f"CMPC-V training, K={args.frames}", ("video", "infer"): f"CMPC-V inference, K={args.frames}"}
+              ("video", "train"): f"CMPC-V training, K={args.frames}",
+              ("video", "infer"): f"CMPC-V inference, K={args.frames}"}
     for (section, mode), title in titles.items():
         part = [r for r in rows if (r["section"], r.get("mode")) == (section, mode)]
         if not part:
             continue
         first = part[0]["sentences_per_s"]
-        lines += [f"## {title}", "", "| configuration | batch | ms / step | sentences/s | vs first row | peak memory (MiB) |",
+        lines += [f"## {title}", "",
+                  "| configuration | batch | ms / step | sentences/s | vs first row | peak memory (MiB) |",
                   "|---|---:|---:|---:|---:|---:|"]
         for r in part:
             lines.append(f"| {r['name']} | {r['batch']} | {1000 * r['s']:.0f} | {r['sentences_per_s']:.2f} | "
@@ -248,7 +250,8 @@ def report(rows: list[dict], rar_rows: list[dict], args, device: str) -> str:
     if rar_rows:
         from rar import table
 
-        lines += ["## RAR block and graph propagation (benchmarks/rar.py)", "", table(rar_rows, device, args.repeats), ""]
+        lines += ["## RAR block and graph propagation (benchmarks/rar.py)", "", table(rar_rows, device, args.repeats),
+                  ""]
     return "\n".join(lines)
 
 

@@ -45,7 +45,8 @@ def read_manifest(sweep_dir: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); delete it and re-run ablate.py") from None
+        raise ConfigError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); delete it and re-run ablate.py") \
+            from None
 
 
 def selected_rows(tbl: PaperTable, rows: list[str] | None) -> list[PaperRow]:
@@ -140,7 +141,8 @@ def render(tbl: PaperTable, jobs: list[Job], dataset: str) -> str:
              f"Ours: dataset={dataset} ({where}); paper: {ref}. Percent. "
              + ("Cells: ours / paper (ours - paper)." if compare else
                 "The paper did not measure this dataset: ours only, the paper's numbers for reference."), "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * (len(tbl.columns) + 1) + "---:|" * (len(head) - len(tbl.columns) - 2) + "---|"]
+             "| " + " | ".join(head) + " |",
+             "|" + "---|" * (len(tbl.columns) + 1) + "---:|" * (len(head) - len(tbl.columns) - 2) + "---|"]
     for job in jobs:
         row = job.row
         paper = row.paper.get(ref, {})

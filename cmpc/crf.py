@@ -82,7 +82,8 @@ def dense_crf(
     crf = dcrf.DenseCRF2D(w, h, 2)  # (width, height, labels)
     crf.setUnaryEnergy(unary)
     crf.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
-    crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(img), compat=bilateral_compat)
+    crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(img),
+                             compat=bilateral_compat)
     q = np.asarray(crf.inference(int(iterations)), dtype=np.float32).reshape(2, h, w)
     return q[1] > q[0]
 

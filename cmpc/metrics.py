@@ -74,7 +74,8 @@ def _to_bool(x: Any, name: str) -> np.ndarray:
         x = x.detach().cpu().numpy()
     a = np.asarray(x)
     if a.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D H x W mask, got shape {tuple(a.shape)} (squeeze batch/channel dims first)")
+        raise ValueError(f"{name} must be a 2-D H x W mask, got shape {tuple(a.shape)} "
+                         "(squeeze batch/channel dims first)")
     return a if a.dtype == np.bool_ else a != 0
 
 
@@ -417,7 +418,8 @@ class VideoJF:
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        return {"J": np.asarray(self._j), "F": np.asarray(self._f), "kinds": list(self._kinds), "bound_th": self.bound_th}
+        return {"J": np.asarray(self._j), "F": np.asarray(self._f), "kinds": list(self._kinds),
+                "bound_th": self.bound_th}
 
     @classmethod
     def from_state(cls, *states: Mapping[str, Any]) -> "VideoJF":

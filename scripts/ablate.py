@@ -62,7 +62,8 @@ def plan(own: dict, overrides: list[str]) -> tuple[Path, dict]:
     selected_rows(tbl, rows)  # unknown rows fail here, before anything runs
     given = [o.partition("=")[2] for o in overrides if o.startswith("paths.runs=")]
     runs = Path(given[-1] if given else os.environ.get("CMPC_RUNS_DIR", "runs"))  # train.yaml's paths.runs
-    sweep = Path(own["dir"]) if "dir" in own else runs / "ablate" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_table{tbl.number}_{dataset}"
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    sweep = Path(own["dir"]) if "dir" in own else runs / "ablate" / f"{stamp}_table{tbl.number}_{dataset}"
     manifest = {"table": tbl.number, "dataset": dataset, "rows": rows,
                 "overrides": overrides if overrides else stored.get("overrides", [])}
     return sweep.resolve(), manifest

@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint with the CMPC protocol: ``python scripts/eval.py [checkpoint=PATH] [dataset=NAME] [split=NAME] [crf=true]``.
+"""Evaluate a checkpoint with the CMPC protocol:
+``python scripts/eval.py [checkpoint=PATH] [dataset=NAME] [split=NAME] [crf=true]``.
 
 Prints Prec@X, overall and mean IoU (and per expression kind when the dataset records kinds), with and
 without DenseCRF, and writes ``metrics.json`` in the run directory.
@@ -60,7 +61,8 @@ def main(cfg) -> None:
     result = {}
     if len(dataset):  # annotated samples (centre frames for video datasets)
         result = evaluate(model, dataset, device=device, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                          amp=cfg.amp, crf=cfg.crf, crf_workers=cfg.crf_workers, video=getattr(dataset, "is_video", False))
+                          amp=cfg.amp, crf=cfg.crf, crf_workers=cfg.crf_workers,
+                          video=getattr(dataset, "is_video", False))
         print(format_table(result["metrics"], title=title))
         if result["by_kind"]:
             print(format_table(result["by_kind"], title="by expression kind"))
@@ -83,7 +85,8 @@ def main(cfg) -> None:
             print(f"{videos['without_gt']} expressions have no public masks: wrote {count} PNGs to {zip_path} "
                   f"for the evaluation server")
     out = out_dir / "metrics.json"
-    out.write_text(json.dumps({"checkpoint": str(path), "dataset": ds_cfg.name, "split": split, **result}, indent=2, default=str))
+    out.write_text(json.dumps({"checkpoint": str(path), "dataset": ds_cfg.name, "split": split, **result}, indent=2,
+                              default=str))
     print(f"metrics written to {out}")
 
 

@@ -9,10 +9,10 @@ with their reasons, the sentences longer than ``max_words`` tokens (cut to their
 files that cannot be read: every image / frame a split lists is opened once (a progress bar; a one-off check),
 and each unreadable one is listed by path with its reason (training and evaluation skip and count those samples);
 then the published counts of the full dataset, the vocabulary of the training split (written under
-``dataset.cache_dir``) and, when ``dataset.glove`` is set, the GloVe matrix cache. The index of every split is cached too, so that training starts without re-reading the
-annotation files. ``extract_frames=true`` (A2D) writes the PNG frames the clips need to ``Release/frames``
-(measured on a 150-frame 320x480 clip: decoding a 5-frame clip from the mp4 costs 20-80 ms, reading 5 PNGs
-~20 ms).
+``dataset.cache_dir``) and, when ``dataset.glove`` is set, the GloVe matrix cache. The index of every split is
+cached too, so that training starts without re-reading the annotation files. ``extract_frames=true`` (A2D)
+writes the PNG frames the clips need to ``Release/frames`` (measured on a 150-frame 320x480 clip: decoding a
+5-frame clip from the mp4 costs 20-80 ms, reading 5 PNGs ~20 ms).
 Skipped entries and unreadable files do not stop it (exit status 0); a missing or corrupt annotation file does,
 with ``error: <what is missing and where to get it>`` and exit status 2.
 See data/README.md.

@@ -32,7 +32,8 @@ def main(cfg) -> None:
     rows = [("backbone", *count(model.backbone))]
     rows += [(name, *count(child)) for name, child in model.named_children() if name != "backbone"]
     total = count(model)
-    print(f"model={cfg.model.name} backbone={cfg.backbone.name} input={size}x{size} frames={k} batch={b} vocab={cfg.vocab_size}\n")
+    print(f"model={cfg.model.name} backbone={cfg.backbone.name} input={size}x{size} frames={k} batch={b} "
+          f"vocab={cfg.vocab_size}\n")
     print("| part | trainable | frozen |\n|---|---:|---:|")
     for name, trainable, frozen in rows + [("**total**", *total)]:
         print(f"| {name} | {trainable:,} | {frozen:,} |")

@@ -11,6 +11,7 @@ DDP needed ``find_unused_parameters``, the losses, and the largest difference of
 the ranks (0 when DDP synchronised them).
 """
 
+import functools
 import json
 import os
 import sys
@@ -44,6 +45,11 @@ def batch_for(rank: int, video: bool) -> dict:
             "image_index": torch.zeros(2, dtype=torch.long)}
 
 
+def first_loss(model, batch: dict, t, device) -> torch.Tensor:
+    """The loss of ``batch`` (the probe's backward pass)."""
+    return batch_loss(model, batch, t, device)[0]
+
+
 def main(out: str, device_type: str = "cpu") -> None:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}") if device_type == "cuda" else torch.device("cpu")
@@ -63,7 +69,7 @@ def main(out: str, device_type: str = "cpu") -> None:
             model = model.to(device).train()
             t = cfg.trainer
             batch = batch_for(info.rank, cfg.model.name == "cmpc_v")
-            unused = parameters_without_gradient(model, lambda: batch_loss(model, batch, t, device)[0])
+            unused = parameters_without_gradient(model, functools.partial(first_loss, model, batch, t, device))
             net = data_parallel(model, info, device, unused)
             optimizer = build_optimizer(model, t)
             scaler = torch.amp.GradScaler(device.type, enabled=False)

@@ -20,7 +20,10 @@ def _randomised(state: dict) -> dict:
     out = {}
     for k, v in state.items():
         if v.is_floating_point():
-            v = torch.rand(v.shape, generator=g) + 0.5 if k.endswith("running_var") else torch.randn(v.shape, generator=g)
+            if k.endswith("running_var"):
+                v = torch.rand(v.shape, generator=g) + 0.5
+            else:
+                v = torch.randn(v.shape, generator=g)
         out[k] = v.clone()
     return out
 

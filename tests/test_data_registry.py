@@ -25,7 +25,8 @@ def test_unknown_dataset_and_key_and_root():
 
 def test_unknown_key_lists_accepted(tmp_path):
     cfg = F.make_refer_fixture(tmp_path, "unc")
-    with pytest.raises(ConfigError, match=r"does not take key\(s\) dataset.frames_per_video; accepted: .*sentence_field"):
+    with pytest.raises(ConfigError,
+                       match=r"does not take key\(s\) dataset.frames_per_video; accepted: .*sentence_field"):
         build_dataset(dict(cfg, frames_per_video=3), "train")
 
 
@@ -94,7 +95,8 @@ def test_config_files_compose_and_build(tmp_path):
         for name in REAL:
             root = tmp_path / name
             over = FIXTURE[name](root)
-            cfg = compose("train", overrides=[f"dataset={name}", f"dataset.root={root}", f"dataset.input_size={F.INPUT_SIZE}"])
+            cfg = compose("train", overrides=[f"dataset={name}", f"dataset.root={root}",
+                                              f"dataset.input_size={F.INPUT_SIZE}"])
             assert cfg.dataset.name == name and cfg.dataset.cache_dir == f"{root}/cache"
             vocab = build_vocab(cfg.dataset)
             ds = build_dataset(cfg.dataset, cfg.dataset.train_split, vocab)

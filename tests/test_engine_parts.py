@@ -37,7 +37,8 @@ def test_weight_decay_only_on_trained_conv_and_linear_weights_and_biases_at_twic
     model["frozen"].requires_grad_(False)
     groups = parameter_groups(model, lr=1.0, weight_decay=5e-4, bias_lr_mult=2.0)
     decay, no_decay, biases = groups
-    ids = lambda ps: {id(p) for p in ps}
+    def ids(ps):
+        return {id(p) for p in ps}
     assert ids(decay["params"]) == {id(model["conv"].weight), id(model["fc"].weight)}
     assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == biases["weight_decay"] == 0
     assert id(model["emb"].weight) in ids(no_decay["params"]) and id(model["norm"].weight) in ids(no_decay["params"])

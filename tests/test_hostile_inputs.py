@@ -256,7 +256,7 @@ def test_a2d_annotated_frame_beyond_the_clip_is_skipped_not_faked(tmp_path):
     vocab = build_vocab(cfg)
     ds = build_dataset(cfg, "train", vocab)
     by_frame = {}
-    for i, (q, fr) in enumerate(ds.items):
+    for i, (_, fr) in enumerate(ds.items):
         by_frame.setdefault(fr, i)
     ok = ds[by_frame[5]]  # frame 5 exists; its neighbours 9 and 12 -> 9 and the last frame, 10
     clip = ok["clip"]

@@ -132,7 +132,8 @@ def test_rows_printing_the_same_number_build_the_same_model(hydra, row):
     parameters and, from the same seed, the same output."""
     other = paper_tables.find_row(row.same_as)
     shared = set(row.paper) & set(other.paper)
-    assert shared and all(row.paper[k][m] == other.paper[k][m] for k in shared for m in set(row.paper[k]) & set(other.paper[k]))
+    assert shared and all(row.paper[k][m] == other.paper[k][m]
+                          for k in shared for m in set(row.paper[k]) & set(other.paper[k]))
     assert effective(row.switches) == effective(other.switches)
     dataset = paper_tables.table(row.table).datasets[0]
     a, b = (hydra(f"dataset={dataset}", f"experiment={r.experiment}", *TINY) for r in (row, other))
@@ -183,7 +184,8 @@ def test_fault4_real_datasets_refuse_random_parts_unless_asked(hydra):
         check_pretrained(hydra("dataset=unc"))
     message = str(err.value)
     assert "\n" not in message
-    assert "backbone.weights" in message and "data/README.md#backbone" in message and "backbone.weights=random" in message
+    assert "backbone.weights" in message and "data/README.md#backbone" in message
+    assert "backbone.weights=random" in message
     assert "dataset.glove" in message and "data/README.md#glove" in message and "model.glove=false" in message
     with pytest.raises(ConfigError, match="^model.glove=true but dataset.glove is not set"):
         check_pretrained(hydra("dataset=unc", "backbone.weights=random"))
@@ -246,7 +248,8 @@ def test_convlstm_peepholes_follow_the_released_cell():
 def test_reproduction_doc_maps_every_row_to_its_config_and_number():
     text = Path(CONFIG_DIR, "..", "docs", "reproduction.md").read_text()
     for r in paper_tables.rows():
-        line = next((l for l in text.splitlines() if l.startswith(f"| {r.table} / {r.row} | `{r.experiment}` |")), None)
+        line = next((ln for ln in text.splitlines() if ln.startswith(f"| {r.table} / {r.row} | `{r.experiment}` |")),
+                    None)
         assert line is not None, f"docs/reproduction.md has no line for {r.label}"
         first = next(iter(r.paper.values()))
         assert f"oIoU {first['oIoU']:.2f}" in line, r.label

@@ -19,7 +19,10 @@ SMALL_RUN = [
 
 @pytest.mark.parametrize("name", ["unc", "unc+", "gref", "gref_umd", "referit"])
 def test_dataset_config_trains_and_evaluates_on_its_fixture(tmp_path, name):
-    fixture = make_referit_fixture(tmp_path / "data") if name == "referit" else make_refer_fixture(tmp_path / "data", name)
+    if name == "referit":
+        fixture = make_referit_fixture(tmp_path / "data")
+    else:
+        fixture = make_refer_fixture(tmp_path / "data", name)
     cfg = compose_cfg([f"dataset={name}", *SMALL_RUN])
     assert cfg.trainer.steps == 2 and cfg.dataset.name == name
     cfg.dataset = OmegaConf.merge(cfg.dataset, fixture)

@@ -53,11 +53,12 @@ DATASETS: dict[str, type[ReferringDataset]] = {
 }
 
 # keys of the `dataset` node consumed here rather than passed to the dataset class
-REGISTRY_KEYS = {"name", "train_split", "eval_split", "test_split", "vocab", "glove", "glove_dim", "min_count", "generate"}
+REGISTRY_KEYS = {"name", "train_split", "eval_split", "test_split", "vocab", "glove", "glove_dim", "min_count",
+                 "generate"}
 
-__all__ = ["DATASETS", "build_dataset", "build_vocab", "build_glove", "vocab_path", "collate", "collate_grouped", "RawSample",
-           "ReferringDataset", "Vocabulary", "Letterbox", "VideoExpression", "write_submission", "tokenize",
-           "glove_matrix", "cached_glove_matrix"]
+__all__ = ["DATASETS", "build_dataset", "build_vocab", "build_glove", "vocab_path", "collate", "collate_grouped",
+           "RawSample", "ReferringDataset", "Vocabulary", "Letterbox", "VideoExpression", "write_submission",
+           "tokenize", "glove_matrix", "cached_glove_matrix"]
 
 
 def _as_dict(cfg: Any) -> dict:

@@ -13,9 +13,9 @@ Reads the files of lichengunc/refer directly (docs/reference.md section 3a) and 
 * mask = ``pycocotools.mask.frPyObjects(segmentation, h, w)`` -> ``decode`` -> any over polygons; polygons
   (refcoco*) and RLE (refclef; compressed or not) are both accepted. A polygon with a vertex farther than the
   image size outside the image is clipped to that margin (so a vertex at 1e8 costs no memory; the others are
-  decoded as drawn, exactly as the official code does) and malformed ones dropped and counted: NaN / infinite coordinates, odd length,
-  fewer than 3 points (pycocotools would read a 4-number list as a box); RLEs must have the image's size. A ref
-  left without geometry is skipped.
+  decoded as drawn, exactly as the official code does) and malformed ones dropped and counted: NaN / infinite
+  coordinates, odd length, fewer than 3 points (pycocotools would read a 4-number list as a box); RLEs must
+  have the image's size. A ref left without geometry is skipped.
 * the expression kind is ``ref.get('kind')`` (only the synthetic benchmark has one);
 * a ref with ``ann_id == -1`` (synthetic "negative" expressions, gRefCOCO style) refers to nothing: its mask
   is empty and ``meta['no_target']`` is True (False for every other sample).
@@ -96,7 +96,7 @@ def clip_polygon(xy: np.ndarray, h: int, w: int, margin: float) -> np.ndarray:
     pts = [tuple(p) for p in np.asarray(xy, dtype=np.float64)]
     for axis, bound, keep_below in ((0, -margin, False), (0, w + margin, True), (1, -margin, False),
                                     (1, h + margin, True)):
-        def inside(p):
+        def inside(p, axis=axis, bound=bound, keep_below=keep_below):  # this round's side of the box
             return p[axis] <= bound if keep_below else p[axis] >= bound
 
         out = []

@@ -26,7 +26,8 @@ from cmpc.errors import DatasetError
 
 def load_referit_mask(path) -> np.ndarray:
     """bool mask of a text_objseg ``.mat`` file (``segimg_t == 0``)."""
-    return read_mat_array(path, "segimg_t", "ReferIt mask", "re-extract referitdata.tar.gz (data/README.md#referit)") == 0
+    how = "re-extract referitdata.tar.gz (data/README.md#referit)"
+    return read_mat_array(path, "segimg_t", "ReferIt mask", how) == 0
 
 
 class ReferItDataset(ReferringDataset):

@@ -41,7 +41,8 @@ def model_inputs(batch: dict, device: torch.device, channels_last: bool = False)
 
 
 @torch.no_grad()
-def predict_logits(model, batch: dict, device: torch.device, amp: str = "off", channels_last: bool = False) -> torch.Tensor:
+def predict_logits(model, batch: dict, device: torch.device, amp: str = "off",
+                   channels_last: bool = False) -> torch.Tensor:
     """Final logits upsampled to the input size, ``[B, S, S]`` float32 on the CPU."""
     images, words, index = model_inputs(batch, device, channels_last)
     with autocast(device, amp):

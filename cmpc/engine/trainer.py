@@ -312,7 +312,8 @@ def train(cfg, run_dir: str | Path) -> dict:
                 for key, value in test["metrics"].items():
                     writer.add_scalar(f"test/{key}", value, step)
         if info.is_main:
-            (run_dir / "metrics.json").write_text(json.dumps({k: v for k, v in results.items() if k != "history"}, indent=2, default=str))
+            summary = {k: v for k, v in results.items() if k != "history"}
+            (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
     if writer is not None:
         writer.close()
     if run_lock is not None:

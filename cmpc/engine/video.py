@@ -79,7 +79,8 @@ def segment_video(model, expression: VideoExpression, letterbox, device, *, word
     centred on that frame. ``words [T]`` defaults to the sentence encoded with the dataset's vocabulary."""
     ds = expression.dataset
     if words is None:
-        words = ds.vocab.encode(expression.sentence, ds.max_words, sample_id=f"{expression.video_id}/{expression.exp_id}")
+        words = ds.vocab.encode(expression.sentence, ds.max_words,
+                                sample_id=f"{expression.video_id}/{expression.exp_id}")
     return segment_frames(model, _frames_of(expression, letterbox), len(expression.frames), ds.offsets, words,
                           letterbox, device, batch_size=batch_size, amp=amp)
 

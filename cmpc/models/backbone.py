@@ -104,7 +104,8 @@ def _read_checkpoint(path: str, missing_hint: str = "give an existing checkpoint
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
     if not isinstance(obj, Mapping):
-        raise ConfigError(f"backbone weights {path} hold a {type(obj).__name__}, not a state dict: save model.state_dict()")
+        raise ConfigError(f"backbone weights {path} hold a {type(obj).__name__}, not a state dict: "
+                          "save model.state_dict()")
     flat: dict[str, Tensor] = {}
 
     def walk(prefix: str, node: Mapping) -> None:
@@ -163,7 +164,8 @@ def _load_matched(
     if missing:
         log.warning("%s: %d tensors missing from %s (kept random): %s", what, len(missing), path, missing[:5])
     if mismatched:
-        log.warning("%s: %d tensors of %s have the wrong shape (ignored): %s", what, len(mismatched), path, mismatched[:5])
+        log.warning("%s: %d tensors of %s have the wrong shape (ignored): %s", what, len(mismatched), path,
+                    mismatched[:5])
     if unexpected:
         log.info("%s: %d unused tensors in %s: %s", what, len(unexpected), path, unexpected[:5])
 
@@ -181,7 +183,8 @@ def _strip_prefixes(key: str, prefixes: tuple[str, ...]) -> str:
 _RESNET_PREFIXES = ("module.", "Scale.", "backbone.", "body.", "encoder.", "resnet.")
 _TORCHVISION_KEY = re.compile(r"^(conv1|bn1|layer[1-4]\.\d+\.(conv[1-3]|bn[1-3]|downsample\.[01]))\.")
 _CAFFE_LAYER = re.compile(r"^(res|bn|scale)([2-5])([a-z])(\d*)_branch(1|2a|2b|2c)$")
-_CAFFE_BRANCH = {"1": ("downsample.0", "downsample.1"), "2a": ("conv1", "bn1"), "2b": ("conv2", "bn2"), "2c": ("conv3", "bn3")}
+_CAFFE_BRANCH = {"1": ("downsample.0", "downsample.1"), "2a": ("conv1", "bn1"), "2b": ("conv2", "bn2"),
+                 "2c": ("conv3", "bn3")}
 _CONV_PARAMS = {"weight": "weight", "weights": "weight", "w": "weight"}
 _BN_PARAMS = {
     "weight": "weight", "scale": "weight", "gamma": "weight",
@@ -240,7 +243,8 @@ def _is_caffe_checkpoint(state: Mapping[str, Tensor]) -> bool:
 
 
 def _log_random(what: str) -> None:
-    log.warning("%s backbone is randomly initialised (weights=null/random): set backbone.weights to a checkpoint for pretrained features", what)
+    log.warning("%s backbone is randomly initialised (weights=null/random): set backbone.weights to a checkpoint "
+                "for pretrained features", what)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,7 +377,8 @@ class SmallResNet(Backbone):
             raise ConfigError(f"SmallResNet output_stride must be 4 or 8, got {output_stride}")
         widths, blocks = tuple(int(w) for w in widths), tuple(int(b) for b in blocks)
         if len(widths) != 4 or len(blocks) != 4 or min(widths) < 1 or min(blocks) < 1:
-            raise ConfigError(f"SmallResNet needs 4 positive widths and 4 positive block counts, got {widths}, {blocks}")
+            raise ConfigError(f"SmallResNet needs 4 positive widths and 4 positive block counts, got {widths}, "
+                              f"{blocks}")
         self.stem = nn.Sequential(
             nn.Conv2d(3, widths[0], 3, 2, 1, bias=False),
             nn.BatchNorm2d(widths[0]),
@@ -397,8 +402,10 @@ class SmallResNet(Backbone):
         self.stride = output_stride
         if weights is not None:
             state = _read_checkpoint(str(weights), "pretrain the small backbone first (python scripts/train.py "
-                                     "dataset=synthetic_entities hydra.run.dir=...; docs/synthetic.md) or set backbone.weights")
-            _load_matched(self, state, str(weights), lambda key: _strip_prefixes(key, ("module.", "backbone.")), "SmallResNet")
+                                     "dataset=synthetic_entities hydra.run.dir=...; docs/synthetic.md) "
+                                     "or set backbone.weights")
+            _load_matched(self, state, str(weights), lambda key: _strip_prefixes(key, ("module.", "backbone.")),
+                          "SmallResNet")
         elif frozen:
             _log_random("SmallResNet")
         self._finish()
@@ -557,7 +564,8 @@ def build_backbone(cfg) -> Backbone:
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone.name {name!r}: use one of {', '.join(BACKBONES)}")
     cls, fixed = BACKBONES[name]
-    if str(cfg.get("weights")).lower() == "random":  # the explicit "random on purpose" (engine.builders.check_pretrained)
+    # the explicit "random on purpose" (engine.builders.check_pretrained)
+    if str(cfg.get("weights")).lower() == "random":
         cfg["weights"] = None
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self" and p not in fixed]
     unknown = sorted(set(cfg) - set(allowed))

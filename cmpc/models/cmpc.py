@@ -103,7 +103,8 @@ class CMPCLevel(nn.Module):
             return multimodal
         return self.reasoning(multimodal, lang.relation, lang.words.mask)
 
-    def output_parts(self, visual: torch.Tensor, multimodal: torch.Tensor, reasoned: torch.Tensor) -> list[torch.Tensor]:
+    def output_parts(self, visual: torch.Tensor, multimodal: torch.Tensor,
+                     reasoned: torch.Tensor) -> list[torch.Tensor]:
         """``[M (CMF) or X; M-]``, the maps that eq. 11's concatenation puts before ``s``.
 
         Without RAR, M- = M, so EP still reaches the output when CMF is off (table 5 rows 2 and 9 = EP whose M
@@ -226,7 +227,8 @@ class CMPCImage(nn.Module):
         weight = self.classifier.weights
         # sentence vectors are L2-normalised like every other feature (released code): an unnormalised s would
         # dominate the per-position concatenation of eq. 11 and wash out the visual channels
-        necessary = l2_normalize(weighted_words(words, weight(probs, "entity", "attribute", "relation")), dim=-1)  # eq. 11
+        # eq. 11
+        necessary = l2_normalize(weighted_words(words, weight(probs, "entity", "attribute", "relation")), dim=-1)
         reasons = self.routes_words()
         return Language(
             words=words,
@@ -249,7 +251,8 @@ class CMPCImage(nn.Module):
         feats = self.run_backbone(images)
         feats = [feats[i] for i in self.level_index]
         size = feats[0].shape[-2:]
-        return [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats]
+        return [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                for f in feats]
 
     def forward(self, images: torch.Tensor, words: torch.Tensor, image_index: torch.Tensor | None = None) -> dict:
         """``images [U, 3, S, S]``, ``words [B, T]``; ``image_index [B]`` maps each sentence to its image

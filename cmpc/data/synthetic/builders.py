@@ -127,7 +127,8 @@ class _Ctx:
 
 def _unique_phrase(ctx, objs, o):
     """A phrase that picks exactly ``o``: minimal, sometimes with colour added; None if impossible."""
-    n = lambda p: sum(1 for x in objs if _matches(x, p))
+    def n(p):
+        return sum(1 for x in objs if _matches(x, p))
     two = [Phrase(o.shape, o.colour), Phrase(o.shape, None, o.size)]
     if ctx.rng.random() < 0.5:
         two.reverse()
@@ -190,7 +191,8 @@ def _build_relation(ctx):
     if rel == "between":
         lm2 = ctx.new(shape=ctx.pick(SHAPES, (t.shape,)), motion=t.motion, offsets=shared)
         room = lm.radius + lm2.radius + 2 * t.radius + 4 * GAP * S
-        ok = lambda o: room <= math.dist(o.centres[0], lm.centres[0]) <= 0.75 * S
+        def ok(o):
+            return room <= math.dist(o.centres[0], lm.centres[0]) <= 0.75 * S
         if not ctx.place(lm2, objs, accept=ok):
             return None
         lms.append(lm2)

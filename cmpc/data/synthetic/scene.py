@@ -14,7 +14,8 @@ NEAR_TRUE, NEAR_FALSE = 0.10, 0.25        # edge distances for "next to" / clear
 BETWEEN_D_TRUE, BETWEEN_D_FALSE = 0.10, 0.30
 OFF_AXIS = 1.0       # "left of" is false for an object whose offset across is >= its offset along
                      # (and clears the landmark)
-DECOY_SHARE = 0.8    # share of left/right/above/below scenes whose twin lies beyond the target (see builders._build_relation)
+# share of left/right/above/below scenes whose twin lies beyond the target (see builders._build_relation)
+DECOY_SHARE = 0.8
 RELATION_GAP = (0.0, 0.15)  # default range of the extra target-landmark distance of left/right/above/below
 MOVE_MIN = 0.05      # net displacement for "moving left" etc.
 STILL_MAX = 0.01     # path length under which an object is "standing still"
