@@ -15,6 +15,8 @@ import cv2
 import fixtures_data as F
 import numpy as np
 import pytest
+import scipy.io
+import torch
 from conftest import CONFIG_DIR, ROOT
 from omegaconf import OmegaConf
 from PIL import Image
@@ -24,6 +26,7 @@ from cmpc.data.base import Unreadable, UnreadableTally, read_image, to_rgb
 from cmpc.data.refer import clean_segmentation, load_pickle, segmentation_to_mask
 from cmpc.data.text import Vocabulary, tokens_cut
 from cmpc.engine import config_check
+from cmpc.engine.video import evaluate_videos
 from cmpc.errors import ConfigError, DatasetError
 
 ISSUE_POLYGON = [-164.1, -221.8, 2.08e8, 3.52e8, 225.9, 236.5, 272.0, 384.2]
@@ -274,6 +277,104 @@ def test_a2d_annotated_frame_beyond_the_clip_is_skipped_not_faked(tmp_path):
     assert len(batch["words"]) == 1 and len(batch["unreadable"]) == 2
     bad = ds.check_files()  # what prepare_data.py lists, with the file and the frame
     assert sorted(u.reason.split(" is beyond")[0] for u in bad) == ["annotated frame 12", "annotated frame 15"]
+
+
+def _jhmdb_mask(path: Path, n: int) -> None:
+    h, w = F.JHMDB_SIZE
+    pm = np.stack([F.rect_mask(h, w, F.jhmdb_rect(t)) for t in range(1, n + 1)], axis=2).astype(np.uint8)
+    scipy.io.savemat(path, {"part_mask": pm})
+
+
+def test_jhmdb_frames_and_mask_that_disagree_are_skipped_not_clamped(tmp_path):
+    cfg = F.make_jhmdb_fixture(tmp_path)  # v1: 8 PNG frames, 6 mask frames
+    v2_mask = tmp_path / "puppet_mask" / "run" / "v2" / "puppet_mask.mat"
+    _jhmdb_mask(v2_mask, 9)  # v2: 5 PNG frames, 9 mask frames
+    vocab = build_vocab(cfg)
+    ds = build_dataset(cfg, "test", vocab)
+    offsets = [-8, -4, 0, 4, 7]
+    for i, s in enumerate(ds.items):  # drawn among the frames that have both a PNG and a mask
+        fr, n = s["frame"], {"v1": 6, "v2": 5}[s["video_id"]]
+        assert s["n_frames"] == n and 1 <= fr <= n
+        raw = ds.load(i)
+        assert raw.meta["clip_frames"] == [min(max(fr + o, 1), n) for o in offsets]  # neighbours clamped
+        assert raw.frames[raw.center][0, 0, 0] == 20 * fr  # the annotated frame itself, never a neighbour
+        np.testing.assert_array_equal(raw.mask, F.rect_mask(*F.JHMDB_SIZE, F.jhmdb_rect(fr)))
+    # a sample list that no longer matches the files (or was edited): each bad entry is unreadable, with a reason
+    listed = [("v1", "brush_hair", 3, 6),  # fine: clip [1, 1, 3, 6, 6]
+              ("v1", "brush_hair", 7, 8),  # PNG 7 exists, the mask has 6 frames
+              ("v2", "run", 7, 9),  # the mask has frame 7, the PNG does not
+              ("v2", "run", 4, 3),  # frame past n_frames: would be clamped to frame 3 with frame 4's mask
+              ("v1", "brush_hair", 0, 6)]  # frame 0: would pair frame 1 with the last mask frame
+    samples = [{"video_id": v, "action": a, "frame": fr, "n_frames": n, "query": "a person"}
+               for v, a, fr, n in listed]
+    path = tmp_path / "listed.json"
+    path.write_text(json.dumps({"seed": 42, "frames_per_video": 3, "samples": samples}))
+    ds = build_dataset(dict(cfg, samples_file=str(path)), "test", vocab)
+    got = [ds[i] for i in range(len(ds))]
+    assert got[0]["meta"]["clip_frames"] == [1, 1, 3, 6, 6]
+    assert [int(f[0, 0, 0]) for f in ds.load(0).frames] == [20, 20, 60, 120, 120]  # grey level 20 * frame
+    reasons = [u.reason if isinstance(u, Unreadable) else None for u in got]
+    assert reasons[0] is None and all(reasons[1:])
+    assert "puppet_mask.mat has 6 frames but sample frame 7" in reasons[1]
+    assert "missing image file" in reasons[2] and "v2/00007.png" in reasons[2]
+    assert "sample frame 4 of v2 is outside frames 1..3" in reasons[3] and str(path) in reasons[3]
+    assert "sample frame 0 of v1 is outside frames 1..6" in reasons[4]
+    batch = collate(got)
+    assert len(batch["words"]) == 1 and len(batch["unreadable"]) == 4
+
+
+@pytest.mark.parametrize("meta_json", [False, True])
+def test_ytvos_annotated_frame_without_jpeg_or_mask_is_skipped_and_counted(tmp_path, meta_json):
+    cfg = F.make_ytvos_fixture(tmp_path, write_meta_json=meta_json)
+    (tmp_path / "train" / "Annotations" / "t1" / "00000.png").unlink()  # listed frame 0 of t1: no mask
+    (tmp_path / "train" / "JPEGImages" / "t2" / "00020.jpg").unlink()  # annotated frame 4 of t2: no JPEG
+    ds = build_dataset(cfg, "train", build_vocab(cfg))
+    exp = {(e["video_id"], e["exp_id"]): k for k, e in enumerate(ds.expressions)}
+    # t1/0 (object 1 in frames 0-4) loses frame 0; t1/1 (object 2 in frames 2, 3) keeps both
+    assert sorted(p for k, p in ds.items if k == exp[("t1", "0")]) == [1, 2, 3, 4]
+    assert sorted(p for k, p in ds.items if k == exp[("t1", "1")]) == [2, 3]
+    lost = 1 if meta_json else 2  # without meta.json neither expression of t1 can be ruled out of frame 0
+    assert ds.skipped["annotated frame without its mask PNG (Annotations/<video>/<frame>.png)"] == lost
+    unreadable = 0
+    for i, (k, p) in enumerate(ds.items):
+        e = ds.expressions[k]
+        sample = ds[i]
+        if (e["video_id"], p) == ("t2", 4):  # unreadable, not clamped to frame 3
+            assert isinstance(sample, Unreadable)
+            assert sample.reason.startswith(f"missing image file {tmp_path}/train/JPEGImages/t2/00020.jpg;")
+            unreadable += 1
+            continue
+        assert not isinstance(sample, Unreadable), sample
+        raw = ds.load(i)
+        assert raw.frames[raw.center][0, 0, 0] == pytest.approx(F.ytvos_frame_value(p), abs=2)
+        np.testing.assert_array_equal(raw.mask, F.ytvos_expected(e["video_id"], int(e["obj_id"]), p))
+    assert unreadable == 1
+
+
+class _Everywhere(torch.nn.Module):
+    """Stub video model: logit +1 everywhere, so every frame is predicted as all foreground."""
+
+    def forward(self, clips, words):
+        return {"logits": torch.ones(clips.shape[0], 1, 4, 4)}
+
+
+def test_whole_video_evaluation_counts_an_unreadable_expression_and_scores_the_rest(tmp_path, caplog):
+    cfg = F.make_ytvos_fixture(tmp_path, valid_annotations=True)  # valid: v1, v2 with t1's objects 1 and 2
+    meta_path = tmp_path / "meta_expressions" / "valid" / "meta_expressions.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["videos"]["v2"]["expressions"]["1"]  # v2 keeps one expression, about object 1
+    meta_path.write_text(json.dumps(meta))
+    (tmp_path / "valid" / "Annotations" / "v2" / "00010.png").unlink()
+    ds = build_dataset(cfg, "valid", build_vocab(cfg))
+    with caplog.at_level("WARNING", logger="cmpc.engine.video"):
+        result = evaluate_videos(_Everywhere(), ds, "cpu", batch_size=4, progress=False)
+    assert result["unreadable"] == 1 and result["expressions"] == 2 and result["without_gt"] == 0
+    assert any("v2/0 skipped" in r.getMessage() and "v2/00010.png" in r.getMessage() for r in caplog.records)
+    # v1 only. Object 1: a 7 x 8 box in each of the 5 frames of 24 x 32 -> J = 56 / 768. Object 2: 8 x 12 boxes
+    # in frames 2 and 3 only; a full prediction of an empty frame scores 0 -> J = (2 * 96 / 768) / 5
+    j = (56 / 768 + 2 * 96 / 768 / 5) / 2
+    assert result["jf"]["J"] == pytest.approx(j) and result["jf"]["n"] == 2
+    assert result["metrics"]["n"] == 10  # the 5 frames of each readable expression
 
 
 def test_unreadable_tally_gives_up_only_when_nothing_can_be_read():

@@ -163,6 +163,9 @@ class JHMDBDataset(ReferringDataset):
     def load(self, index: int) -> RawSample:
         s = self.items[index]
         vid, action, fr, n = s["video_id"], s["action"], int(s["frame"]), int(s["n_frames"])
+        if not 1 <= fr <= n:  # clip_indices would clamp the annotated frame itself, pairing a mask with another frame
+            raise DatasetError(f"sample frame {fr} of {vid} is outside frames 1..{n} in {self.samples_path}; "
+                               f"delete that file to draw again")
         mask_path = self.mask_dir / action / vid / "puppet_mask.mat"
         pm = load_part_mask(mask_path)
         if fr > pm.shape[2]:

@@ -252,27 +252,31 @@ class YTVOSDataset(ReferringDataset):
                     png_cache[vid] = {n[:-4] for n in os.listdir(d) if n.endswith(".png")} if d.is_dir() else set()
                 return png_cache[vid]
 
-            def present_frames(vid: str, obj: str, frames: list[str], no_target: bool) -> list[int]:
-                d = ann_dir / vid
+            def present_frames(vid: str, obj: str, frames: list[str], no_target: bool) -> tuple[list[int], int]:
+                """Positions of the listed frames where the object is annotated, and how many of the frames that
+                may hold it (per meta.json, else all) have no mask PNG."""
                 pngs = annotated(vid)
-                if no_target:  # expression about an absent object: every annotated frame, empty mask
-                    return [i for i, f in enumerate(frames) if f in pngs]
-                if obj_meta is not None and vid in obj_meta:
+                maybe = list(range(len(frames)))
+                known = obj_meta is not None and vid in obj_meta
+                if known and not no_target:
                     objs = obj_meta[vid].get("objects") or {}
                     on = set(map(str, (objs.get(obj) or {}).get("frames") or []))
-                    return [i for i, f in enumerate(frames) if f in on and f in pngs]
+                    maybe = [i for i in maybe if frames[i] in on]
+                missing = sum(frames[i] not in pngs for i in maybe)
+                maybe = [i for i in maybe if frames[i] in pngs]
+                if known or no_target:  # meta.json says where; a negative obj_id: every annotated frame, empty mask
+                    return maybe, missing
                 if vid not in present_cache:
-                    ids: dict[str, set] = {}
-                    for f in frames:
-                        if f in pngs:
-                            ids[f] = {str(int(x)) for x in np.unique(read_palette_png(d / f"{f}.png")) if x}
-                    present_cache[vid] = ids
-                ids = present_cache[vid]
-                return [i for i, f in enumerate(frames) if obj in ids.get(f, ())]
+                    d = ann_dir / vid
+                    present_cache[vid] = {f: {str(int(x)) for x in np.unique(read_palette_png(d / f"{f}.png")) if x}
+                                          for f in frames if f in pngs}
+                return [i for i in maybe if obj in present_cache[vid].get(frames[i], ())], missing
 
             for k, e in enumerate(exprs):
                 frames = videos[e["video_id"]]
-                pos = present_frames(e["video_id"], e["obj_id"], frames, e["no_target"])
+                pos, missing = present_frames(e["video_id"], e["obj_id"], frames, e["no_target"])
+                if missing:  # listed (and, per meta.json, showing the object) but its annotation file is gone
+                    skip("annotated frame without its mask PNG (Annotations/<video>/<frame>.png)", missing)
                 if not pos:
                     skip("expression whose object is in no annotated frame")
                     continue
