@@ -12,6 +12,7 @@ the ranks (0 when DDP synchronised them).
 """
 
 import functools
+import gc
 import json
 import os
 import sys
@@ -80,8 +81,11 @@ def main(out: str, device_type: str = "cpu") -> None:
             spread = max(float((o - flat).abs().max()) for o in others)
             lines.append({"experiment": name, "find_unused": net.find_unused_parameters, "unused": len(unused),
                           "losses": losses, "rank_spread": spread})
+            del net, optimizer, model  # free each DDP reducer (and its communication hooks) while the group lives
+            gc.collect()
     if info.is_main:
         Path(out).write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    dist.barrier()  # no rank tears the group down while the other still talks to it
     dist.destroy_process_group()
 
 
