@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from cmpc.data.base import IMAGE_SUFFIXES, read_image, read_video, resolve_offsets
+from cmpc.data.base import IMAGE_SUFFIXES, read_image, read_video, resolve_offsets, to_rgb
 from cmpc.data.text import UNK_ID, tokenize
 from cmpc.data.transforms import Letterbox
 from cmpc.engine.builders import load_trained
@@ -103,7 +103,7 @@ def as_rgb(image: Any) -> np.ndarray:
         return read_image(image, upright=True)
     if isinstance(image, Image.Image):
         try:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8).copy()
+            return to_rgb(ImageOps.exif_transpose(image))  # every mode as read_image gives it (data/README.md)
         except Exception as e:  # PIL decodes lazily: a truncated upload fails here
             raise DatasetError(f"cannot read the uploaded image ({type(e).__name__}: {e}); upload a JPEG or PNG") from e
     a = np.asarray(image)
