@@ -12,7 +12,6 @@ from conftest import ROOT, free_port
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cmpc.engine.sampler import StepBatchSampler, shard_groups
-from cmpc.errors import ConfigError
 from cmpc.models.language import WordEncoder
 
 
@@ -157,9 +156,3 @@ def test_a_non_finite_loss_stops_with_the_step_parts_and_last_good_checkpoint(tm
     assert "at step 2 (loss nan, loss/final" in message and f"{tmp_path / 'run' / 'last.pt'} (step 1)" in message
     assert "\n" not in message  # one line
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 1  # the diverged weights were never saved
-
-
-def test_a_global_batch_that_does_not_split_over_the_processes_is_one_config_line():
-    with pytest.raises(ConfigError, match=r"trainer.batch_size=6 .* multiple of 4"):
-        StepBatchSampler(10, 6, world_size=4)
-    assert len(list(StepBatchSampler(10, 8, rank=3, world_size=4, steps=2))[0]) == 2

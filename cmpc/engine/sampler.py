@@ -25,8 +25,6 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from cmpc.errors import ConfigError
-
 LOOKAHEAD = 16  # groups searched for one that fits the room left in a batch
 
 
@@ -57,13 +55,12 @@ class StepBatchSampler(Sampler[list[int]]):
     """Yields this rank's sample indices for each step from ``start_step`` to ``steps`` (endless with None).
 
     ``groups``: a number of samples (one group each) or lists of indices. Raises ValueError when the dataset is
-    empty, ConfigError (one line) when ``batch_size`` is not a multiple of ``world_size``."""
+    empty or ``batch_size`` is not a multiple of ``world_size``."""
 
     def __init__(self, groups: int | Sequence[Sequence[int]], batch_size: int, seed: int = 0, start_step: int = 0,
                  rank: int = 0, world_size: int = 1, steps: int | None = None):
         if batch_size % world_size:
-            raise ConfigError(f"trainer.batch_size={batch_size} is the global batch and must be a multiple of the "
-                              f"{world_size} processes: pick a multiple of {world_size}")
+            raise ValueError(f"global batch size {batch_size} is not divisible by {world_size} processes")
         if isinstance(groups, int):
             groups = [[i] for i in range(groups)]
         self.groups = [list(g) for g in groups if len(g)]
