@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from cmpc.errors import ConfigError
+from cmpc.models.language import ROUTINGS, WORD_ENCODERS
 
 # key -> (kind, lowest allowed value, what the range means); kind "int" | "number"; None allowed where noted
 TRAINER_RULES = {
@@ -33,7 +34,7 @@ OPTIONAL_TRAINER_RULES = {  # null allowed
     "stop_at_step": ("int", 1, "null or an integer >= 1"),
     "grad_clip": ("number", 0, "null or a number >= 0 (null or 0 = off)"),
 }
-CHOICES = {"trainer.amp": ("off", "bf16", "fp16")}
+CHOICES = {"trainer.amp": ("off", "bf16", "fp16"), "model.word_encoder": WORD_ENCODERS, "model.routing_words": ROUTINGS}
 
 
 def _check_value(key: str, value, kind: str, lowest, allowed: str) -> None:

@@ -25,7 +25,16 @@ from torch import nn
 from cmpc.models.convlstm import ConvLSTM
 from cmpc.models.coords import CoordinateFusion
 from cmpc.models.functional import l2_normalize
-from cmpc.models.language import IMAGE_WORD_TYPES, WordClassifier, WordEncoder, Words, routing_words, weighted_words
+from cmpc.models.language import (
+    IMAGE_WORD_TYPES,
+    WordClassifier,
+    WordEncoder,
+    Words,
+    check_routing,
+    relation_routing,
+    routing_words,
+    weighted_words,
+)
 from cmpc.models.perception import EntityPerception
 from cmpc.models.relation import RelationAwareReasoning
 from cmpc.models.tgfe import TextGuidedFeatureExchange
@@ -40,7 +49,7 @@ class Language:
     words: Words
     probs: torch.Tensor | None  # [B, T, n_types] (eq. 1), None without a word classifier
     entity: torch.Tensor | None  # q_e, eq. 2
-    relation: torch.Tensor | None  # R = p_rel * L, eq. 5
+    relation: torch.Tensor | None  # R = p_rel * L, eq. 5 (model.routing_words: + landmark words)
     sentence: torch.Tensor  # s (eq. 11) with a word classifier, else the LSTM sentence vector
     exchange: torch.Tensor  # the sentence vector guiding TGFE: s (NW on) or the LSTM vector (NW off)
 
@@ -132,7 +141,8 @@ class CMPCImage(nn.Module):
                  word_classifier_dim: int = 500, word_classifier_activation: str = "sigmoid",
                  entity_perception: bool = True, fusion_heads: int = 5, fusion_tanh: bool = False,
                  relation_aware_reasoning: bool = True, gcn_layers: int = 1, rar_path: str = "fast",
-                 routing_scale: str = "probability", cmf: bool = True, tgfe: bool = True, tgfe_rounds: int = 3,
+                 routing_scale: str = "probability", routing_words: str = "relation", word_encoder: str = "lstm",
+                 cmf: bool = True, tgfe: bool = True, tgfe_rounds: int = 3,
                  tgfe_normalize: bool = False, necessary_words: bool = True, convlstm: bool = True,
                  convlstm_hidden: int = 500, convlstm_kernel: int = 1, convlstm_peephole: bool = False,
                  aux_heads: bool = True):
@@ -154,6 +164,12 @@ class CMPCImage(nn.Module):
             word_classifier_activation: ``"sigmoid"`` (eq. 1 as printed) or ``"relu"`` (released code).
             routing_scale: how word-type probabilities scale the routing words of RAR (eq. 5):
                 ``"probability"`` (``r_t = p_t l_t``) or ``"peak"`` (``p_t / max p``; docs/model.md).
+            routing_words: which words route RAR (eq. 5): ``"relation"`` (the paper: ``p_rel``) or
+                ``"relation_and_landmark"`` (not in the paper: also the entity/attribute words after a relation
+                word, :func:`~cmpc.models.language.relation_routing`; docs/model.md). ``ConfigError`` otherwise.
+            word_encoder: ``"lstm"`` (the paper's one-directional LSTM) or ``"bilstm"`` (not in the paper: two
+                directions of ``word_dim / 2``, :class:`~cmpc.models.language.WordEncoder`; docs/model.md).
+                ``ConfigError`` otherwise, or for ``bilstm`` with an odd ``word_dim``.
             tgfe: build Text-Guided Feature Exchange (eqs. 22-24, table 5); needs two or more levels.
             tgfe_rounds: n, exchange rounds (table 8; paper 3, released code 2); 0 = off.
             tgfe_normalize: L2-normalise each exchanged level (released code) instead of eq. 24 as printed.
@@ -174,7 +190,9 @@ class CMPCImage(nn.Module):
         self.level_index = [LEVEL_NAMES.index(name) for name in levels]
         self.entity_perception, self.relation_aware_reasoning = entity_perception, relation_aware_reasoning
         self.necessary_words, self.routing_scale = necessary_words, routing_scale
-        self.words = WordEncoder(vocab_size, embed_dim, word_dim, embeddings, freeze_embeddings)
+        check_routing(routing_words)
+        self.routing = routing_words
+        self.words = WordEncoder(vocab_size, embed_dim, word_dim, embeddings, freeze_embeddings, word_encoder)
         needs_types = self.routes_words() or (tgfe and necessary_words)
         self.classifier = (
             WordClassifier(word_dim, word_classifier_dim, self.word_types, word_classifier_activation)
@@ -234,10 +252,16 @@ class CMPCImage(nn.Module):
             words=words,
             probs=probs,
             entity=l2_normalize(weighted_words(words, weight(probs, "entity", "attribute")), dim=-1),  # eq. 2
-            relation=routing_words(words, weight(probs, "relation"), self.routing_scale),  # eq. 5
+            relation=routing_words(words, self.relation_weights(probs), self.routing_scale),  # eq. 5
             sentence=necessary if reasons else words.sentence,
             exchange=necessary if self.necessary_words else words.sentence,
         )
+
+    def relation_weights(self, probs: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` weights of the words that route RAR (eq. 5's ``p_rel``, or with ``routing_words=
+        relation_and_landmark`` also the landmark's words), from the word types ``probs [B, T, n_types]``."""
+        weight = self.classifier.weights
+        return relation_routing(weight(probs, "relation"), weight(probs, "entity", "attribute"), self.routing)
 
     # -- vision ---------------------------------------------------------------------------------
     def run_backbone(self, images: torch.Tensor) -> list[torch.Tensor]:

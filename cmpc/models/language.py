@@ -9,6 +9,11 @@ sequences: the lengths never leave the device (no host sync, no ``torch.compile`
 always runs in float32, also under autocast (oneDNN has no bf16 LSTM on CPUs without AVX-512, and the
 recurrence is a negligible share of the cost). Word features are L2-normalised as in the released code.
 
+``kind="bilstm"`` (``model.word_encoder``, not in the paper, docs/model.md) adds a backward direction: two LSTMs
+of C_l / 2 each, concatenated, so that a word's feature has also read the words after it. The backward LSTM
+reads the sentence reversed, which for a left-padded sentence is simply the token row flipped (its words
+first, reversed, then the padding), so it never reads padding before a word either.
+
 Word types (eq. 1) are learnt only through the segmentation loss: ``p_t = softmax(W2 s(W1 l_t + b1) + b2)``.
 Image models use 4 types (entity, attribute, relation, unnecessary), video models 5 (+ action).
 """
@@ -21,8 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmpc.errors import ConfigError
 from cmpc.models.functional import l2_normalize
 
+WORD_ENCODERS = ("lstm", "bilstm")
+ROUTINGS = ("relation", "relation_and_landmark")  # model.routing_words: what routes RAR's graph (eq. 5)
 IMAGE_WORD_TYPES = ("entity", "attribute", "relation", "unnecessary")
 VIDEO_WORD_TYPES = ("entity", "attribute", "relation", "action", "unnecessary")
 
@@ -33,11 +41,22 @@ class Words:
 
     features: torch.Tensor  # [B, T, C_l], zero at padding
     mask: torch.Tensor  # [B, T] bool, True at real tokens
-    sentence: torch.Tensor  # [B, C_l], LSTM state after the last real token
+    sentence: torch.Tensor  # [B, C_l], LSTM state after the last real token (bilstm: + backward state after the first)
 
 
 class WordEncoder(nn.Module):
-    """Embedding (optionally GloVe-initialised) followed by an LSTM over the real tokens."""
+    """Embedding (optionally GloVe-initialised) followed by an LSTM over the real tokens.
+
+    Args:
+        vocab_size: number of word ids (``<pad>`` = 0).
+        embed_dim: embedding width (GloVe: 300).
+        hidden_dim: C_l, width of the word features and of the sentence vector.
+        embeddings: optional ``[vocab_size, embed_dim]`` initial vectors; ``ValueError`` for another shape.
+        freeze_embeddings: keep the embeddings fixed.
+        kind: ``"lstm"``, the paper's one-directional LSTM of width C_l (module ``lstm``), or ``"bilstm"``, a
+            forward LSTM ``lstm`` and a backward LSTM ``lstm_reverse`` of C_l / 2 each, concatenated (not in the
+            paper; docs/model.md). ``ConfigError`` for another kind, or ``bilstm`` with an odd C_l.
+    """
 
     def __init__(
         self,
@@ -46,8 +65,14 @@ class WordEncoder(nn.Module):
         hidden_dim: int,
         embeddings: np.ndarray | torch.Tensor | None = None,
         freeze_embeddings: bool = False,
+        kind: str = "lstm",
     ):
         super().__init__()
+        if kind not in WORD_ENCODERS:
+            raise ConfigError(f"model.word_encoder must be one of {list(WORD_ENCODERS)}, got {kind!r}")
+        if kind == "bilstm" and hidden_dim % 2:
+            raise ConfigError(f"model.word_encoder=bilstm splits model.word_dim into two directions of half its "
+                              f"width: set an even model.word_dim (got {hidden_dim})")
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         if embeddings is not None:
             weights = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
@@ -58,7 +83,9 @@ class WordEncoder(nn.Module):
             with torch.no_grad():
                 self.embedding.weight.copy_(weights)
         self.embedding.weight.requires_grad_(not freeze_embeddings)
-        self.lstm = nn.LSTM(embed_dim, hidden_dim, batch_first=True)
+        width = hidden_dim if kind == "lstm" else hidden_dim // 2
+        self.lstm = nn.LSTM(embed_dim, width, batch_first=True)  # the paper's LSTM; bilstm: its forward direction
+        self.lstm_reverse = nn.LSTM(embed_dim, width, batch_first=True) if kind == "bilstm" else None
 
     def forward(self, tokens: torch.Tensor) -> Words:
         """``tokens [B, T]`` left-padded ids -> :class:`Words`. Raises ValueError for a sentence without tokens
@@ -71,14 +98,27 @@ class WordEncoder(nn.Module):
         positions = torch.arange(steps, device=tokens.device)
         shift = (steps - lengths)[:, None]
         right_padded = torch.gather(tokens, 1, (positions[None, :] + shift) % steps)  # [B, T]
-        with torch.autocast(tokens.device.type, enabled=False):
-            out, _ = self.lstm(self.embedding(right_padded).float())  # [B, T, C_l]; padding only after the words
+        out = run_lstm(self.lstm, self.embedding(right_padded))  # [B, T, C]; padding only after the words
         # Back to the left-padded layout: output column t comes from right-padded column (t - (T - len_b)).
         back = (positions[None, :] - shift) % steps
         features = torch.gather(out, 1, back[..., None].expand(-1, -1, out.shape[-1]))
         last = features[:, -1]  # left padding: every sentence ends in the last column (the state after its last token)
+        if self.lstm_reverse is not None:
+            # a left-padded row flipped is its words reversed, then the padding: the backward LSTM reads the last
+            # word first and padding only after the first word; flipped back, column t has read words t..end
+            backward = run_lstm(self.lstm_reverse, self.embedding(tokens.flip(1))).flip(1)  # [B, T, C_l / 2]
+            first = torch.gather(backward, 1, shift[..., None].expand(-1, -1, backward.shape[-1]))[:, 0]
+            features = torch.cat([features, backward], dim=-1)
+            last = torch.cat([last, first], dim=-1)  # forward state after the last word, backward after the first
         features = l2_normalize(features, dim=-1) * mask[..., None]
         return Words(features=features, mask=mask, sentence=l2_normalize(last, dim=-1))
+
+
+def run_lstm(lstm: nn.LSTM, embedded: torch.Tensor) -> torch.Tensor:
+    """Outputs ``[B, T, hidden]`` of ``lstm`` on ``embedded [B, T, E]``, always in float32 (also under autocast)."""
+    with torch.autocast(embedded.device.type, enabled=False):
+        out, _ = lstm(embedded.float())
+    return out
 
 
 def check_nonempty(lengths: torch.Tensor) -> None:
@@ -118,6 +158,35 @@ class WordClassifier(nn.Module):
 def weighted_words(words: Words, weights: torch.Tensor) -> torch.Tensor:
     """``sum_t w_t l_t``: a sentence vector from per-word weights ``[B, T]`` (eqs. 2, 11, 12)."""
     return torch.einsum("bt,btc->bc", weights.to(words.features.dtype), words.features)
+
+
+def relation_routing(p_relation: torch.Tensor, p_object: torch.Tensor, routing: str) -> torch.Tensor:
+    """The per-word weight ``[B, T]`` that routes RAR's graph, the ``p_rel_t`` of eq. 5.
+
+    ``routing="relation"`` is eq. 5 as written: ``p_relation``. ``"relation_and_landmark"`` (not in the paper,
+    ``model.routing_words``, docs/model.md) adds the entity and attribute words that follow a relation word,
+    the landmark's phrase ("blue square" in "the circle left of the blue square"):
+    ``w_t = p_rel_t + a_t p_obj_t`` with ``a_t = 1 - prod_{s<t} (1 - p_rel_s)``, the probability that an earlier
+    word is relational (word types taken as independent). ``w_t`` stays in [0, 1] since the types' probabilities
+    sum to 1 at most; padding (all probabilities 0) changes no ``a_t``, so the weight does not depend on padding.
+
+    Args:
+        p_relation: ``[B, T]`` relation probability of every word (eq. 1), 0 at padding.
+        p_object: ``[B, T]`` entity + attribute probability of every word, 0 at padding.
+        routing: ``"relation"`` or ``"relation_and_landmark"``; ``ConfigError`` otherwise.
+    """
+    check_routing(routing)
+    if routing == "relation":
+        return p_relation  # eq. 5
+    none_yet = torch.cumprod(1 - p_relation, dim=1)  # prod_{s<=t} (1 - p_rel_s)
+    after = 1 - torch.cat([torch.ones_like(none_yet[:, :1]), none_yet[:, :-1]], dim=1)  # a_t, exclusive of t
+    return p_relation + after * p_object
+
+
+def check_routing(routing: str) -> None:
+    """``ConfigError`` unless ``routing`` is one of :data:`ROUTINGS` (``model.routing_words``)."""
+    if routing not in ROUTINGS:
+        raise ConfigError(f"model.routing_words must be one of {list(ROUTINGS)}, got {routing!r}")
 
 
 def routing_words(words: Words, weights: torch.Tensor, scale: str) -> torch.Tensor:
