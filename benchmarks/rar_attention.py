@@ -9,7 +9,8 @@ known from ``scenes.json``, it reports per visual level how much of the graph's 
 picks positions uniformly (1.0 = no preference; ``ceiling``: every edge on the landmark), and the same from
 the twins' positions; then how often the
 predicted mask scores the target above every twin (mean logit over each object's cells; ``chance``: picking one of the
-look-alikes at random), and which words the classifier routes (mean ``p_relation`` per word, eq. 1).
+look-alikes at random), and which words the classifier routes (mean ``p_relation`` per word, eq. 1; with
+``model.routing_words=relation_and_landmark`` also ``routing``, the mean weight that routes eq. 5 per word).
 A checkpoint without RAR reports only the pick rate and the words. docs/synthetic.md reports the figures.
 """
 
@@ -61,7 +62,8 @@ def main() -> None:
         coco = COCO(str(Path(cfg.dataset.root) / "synthetic" / "instances.json"))
 
     mass = defaultdict(list)  # (level, "target" | "twin" | "ceiling") -> edge mass ratios
-    picks, chance, route = [], [], defaultdict(list)
+    picks, chance = [], []
+    route = {"p_relation": defaultdict(list), "routing": defaultdict(list)}  # word -> per-sentence weights
     with capture_reasoning(model) as captured:
         for index in range(len(dataset)):
             sample = dataset[index]
@@ -85,10 +87,13 @@ def main() -> None:
             chance.append(1 / (1 + len(twins)))
             probs = out["word_probs"]
             if probs is not None:
-                rel = probs[0, :, model.classifier.types.index("relation")].tolist()
-                for token, p in zip(batch["words"][0].tolist(), rel):
-                    if token != 0:  # padding
-                        route[vocab.words[token]].append(p)
+                weights = {"p_relation": probs[0, :, model.classifier.types.index("relation")]}
+                if model.routing != "relation":  # the paper's routing weight is p_relation itself
+                    weights["routing"] = model.relation_weights(probs)[0]
+                for key, values in weights.items():
+                    for token, p in zip(batch["words"][0].tolist(), values.tolist()):
+                        if token != 0:  # padding
+                            route[key][vocab.words[token]].append(p)
             # grid: the multimodal map's h x w
             for name, (adjacency, grid) in reasoning_graphs(model, captured).items():
                 adjacency = adjacency[0]
@@ -101,9 +106,10 @@ def main() -> None:
               "chance": round(float(np.mean(chance)), 3) if picks else None}
     for (name, role), values in sorted(mass.items()):
         report[f"{name}:{role}" if role == "ceiling" else f"{name}:{role}->landmark"] = round(float(np.mean(values)), 2)
-    if route:
-        mean = {w: float(np.mean(v)) for w, v in route.items() if len(v) >= 5}
-        report["p_relation"] = {w: round(p, 2) for w, p in sorted(mean.items(), key=lambda kv: -kv[1])[:12]}
+    for key, per_word in route.items():
+        mean = {w: float(np.mean(v)) for w, v in per_word.items() if len(v) >= 5}
+        if mean:
+            report[key] = {w: round(p, 2) for w, p in sorted(mean.items(), key=lambda kv: -kv[1])[:12]}
     print(json.dumps(report))
 
 

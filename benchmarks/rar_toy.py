@@ -1,6 +1,7 @@
 """Can Relation-Aware Reasoning tell twins apart by their landmark at all? A feature-level check.
 
-    python benchmarks/rar_toy.py [--steps 3000] [--seeds 0 1 2] [--grid 12]
+    python benchmarks/rar_toy.py [--steps 3000] [--seeds 0 1 2] [--grid 12] [--word-encoder bilstm]
+                                 [--routing-words relation_and_landmark]
 
 The real CMPC-I model (one level, no TGFE/ConvLSTM, its 3x3 mask head) on toy scenes whose "backbone" is a
 one-hot map of object types on a ``grid x grid`` board: a landmark, the target and its twin (same type) and up to
@@ -12,6 +13,8 @@ can help; with RAR the graph (eqs. 5-10) can carry the landmark to the target. R
 target's logit beats its twin's on held-out scenes (decoy / other twins; 0.5 = coin flip), and for RAR the edge
 mass from the target onto the landmark over a uniform edge's (as ``benchmarks/rar_attention.py``).
 ``--models oracle`` gives RAR the routing (every word's ``B2`` row on the landmark) and leaves the rest to learn.
+``--word-encoder`` and ``--routing-words`` set the non-paper options ``model.word_encoder`` and
+``model.routing_words`` (docs/model.md) for every model.
 docs/synthetic.md reports the figures.
 """
 
@@ -25,6 +28,7 @@ import torch
 from torch import nn
 
 from cmpc.models.cmpc import CMPCImage
+from cmpc.models.language import ROUTINGS, WORD_ENCODERS
 from cmpc.models.loss import mask_bce
 
 TYPES = 6
@@ -91,11 +95,12 @@ def batch(rng, grid, n):
     return boards, tokens, target, scenes
 
 
-def toy_model(rar: bool) -> CMPCImage:
-    """The paper's CMPC-I (the constructor's defaults) at toy widths, one level, no TGFE/ConvLSTM."""
+def toy_model(rar: bool, **options) -> CMPCImage:
+    """The paper's CMPC-I (the constructor's defaults) at toy widths, one level, no TGFE/ConvLSTM; ``options``:
+    further CMPCImage keywords (``word_encoder``, ``routing_words``)."""
     return CMPCImage(OneHotBackbone(), len(WORDS), levels=["res5"], visual_dim=64, word_dim=64, embed_dim=32, dim=64,
                      out_dim=64, word_classifier_dim=32, tgfe=False, convlstm=False, aux_heads=False,
-                     routing_scale="peak", relation_aware_reasoning=rar)
+                     routing_scale="peak", relation_aware_reasoning=rar, **options)
 
 
 class OracleRouting:
@@ -130,12 +135,13 @@ def landmark_mass(model, boards, tokens, scenes) -> float:
     return float(adjacency[torch.arange(len(scenes)), rows, cols].mean() * grid * grid)
 
 
-def run(kind: str, seed: int, steps: int, grid: int, lr: float) -> dict:
-    """Train and evaluate one toy model: ``kind`` = rar | no-rar | oracle (RAR with :class:`OracleRouting`)."""
+def run(kind: str, seed: int, steps: int, grid: int, lr: float, **options) -> dict:
+    """Train and evaluate one toy model: ``kind`` = rar | no-rar | oracle (RAR with :class:`OracleRouting`);
+    ``options``: keywords of :func:`toy_model`, also reported."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     rar = kind != "no-rar"
-    model = toy_model(rar)
+    model = toy_model(rar, **options)
     oracle = OracleRouting(model.levels[0].reasoning) if kind == "oracle" else None
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
@@ -155,7 +161,7 @@ def run(kind: str, seed: int, steps: int, grid: int, lr: float) -> dict:
         wins = {True: [], False: []}
         for i, s in enumerate(scenes):
             wins[s[5]].append(bool(logits[i, s[2][1], s[2][0]] > logits[i, s[3][1], s[3][0]]))
-        out = {"model": kind, "seed": seed, "steps": steps, "decoy": round(float(np.mean(wins[True])), 3),
+        out = {"model": kind, **options, "seed": seed, "steps": steps, "decoy": round(float(np.mean(wins[True])), 3),
                "other": round(float(np.mean(wins[False])), 3)}
         if rar:
             out["target->landmark"] = round(landmark_mass(model, boards, tokens, scenes), 2)
@@ -170,13 +176,16 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--models", nargs="+", choices=("rar", "no-rar", "oracle"), default=["rar", "no-rar"],
                     help="oracle: RAR whose words all attend to the landmark (B2 given, B1 learnt)")
+    ap.add_argument("--word-encoder", choices=WORD_ENCODERS, default="lstm", help="model.word_encoder (docs/model.md)")
+    ap.add_argument("--routing-words", choices=ROUTINGS, default="relation", help="model.routing_words (docs/model.md)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     for seed in a.seeds:
         for kind in a.models:
-            print(json.dumps(run(kind, seed, a.steps, a.grid, a.lr)), flush=True)
+            options = dict(word_encoder=a.word_encoder, routing_words=a.routing_words)
+            print(json.dumps(run(kind, seed, a.steps, a.grid, a.lr, **options)), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ words). Shapes, padding invariance, gradients, the default left bit-identical, b
 
 import pytest
 import torch
-import test_video_model
 from test_model import IMAGES, TINY, tiny_model
+from test_video_model import tiny_model as video_model
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cmpc.errors import ConfigError
@@ -17,10 +17,6 @@ OPTIONS = [{"word_encoder": "bilstm"}, {"routing_words": "relation_and_landmark"
 OPTION_IDS = ["bilstm", "relation_and_landmark"]
 # the keys of the paper's word encoder in checkpoints written before the options existed
 OLD_WORD_KEYS = ["embedding.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0"]
-
-
-def video_model(**options):
-    return test_video_model.tiny_model(**options)
 
 
 def clip_images():
