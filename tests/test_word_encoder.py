@@ -46,6 +46,8 @@ def test_bilstm_equals_a_packed_bidirectional_lstm_of_half_width_per_direction()
         # forward state after the last word, backward state after the first word
         sentence = torch.nn.functional.normalize(torch.cat([h_n[0, b], h_n[1, b]]), dim=-1)
         torch.testing.assert_close(words.sentence[b], sentence)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert enc(tokens).features.dtype == torch.float32  # both directions run in float32
 
 
 @pytest.mark.parametrize("kind", ["lstm", "bilstm"])
