@@ -31,22 +31,32 @@ import numpy as np
 import torch
 
 from cmpc.data.base import IMAGE_SUFFIXES, read_image, read_video, resolve_offsets, to_rgb
-from cmpc.data.text import UNK_ID, tokenize
+from cmpc.data.text import tokenize
 from cmpc.data.transforms import Letterbox
 from cmpc.engine.builders import load_trained
 from cmpc.engine.video import segment_frames
 from cmpc.errors import CmpcError, DatasetError
-from cmpc.explain import capture_reasoning, cell_cover, outgoing_attention, reasoning_graphs
+from cmpc.explain import (
+    SentenceWords,
+    capture_reasoning,
+    cell_cover,
+    outgoing_attention,
+    read_words,
+    reasoning_graphs,
+    sentence_words,
+    word_type_chart,
+    word_type_rows,
+)
 from cmpc.models.functional import upsample_logits
 from cmpc.models.video import CMPCVideo
-from cmpc.viz import overlay, word_type_bars, write_gif
+from cmpc.viz import enlarged, overlay, write_gif
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "AttentionMap", "DemoModel", "ImageResult", "SentenceWords", "VideoResult", "as_rgb", "attention_pictures",
-    "clip_page", "enlarged", "error_line", "image_page", "load_demo_model", "read_clip", "segment_clip",
-    "segment_image", "synthetic_examples", "word_type_chart", "word_type_rows",
+    "AttentionMap", "DemoModel", "ImageResult", "VideoResult", "as_rgb", "attention_pictures", "clip_page",
+    "encode_sentence", "error_line", "image_page", "load_demo_model", "read_clip", "segment_clip", "segment_image",
+    "synthetic_examples",
 ]
 
 
@@ -131,32 +141,12 @@ def read_clip(paths: Sequence[str | os.PathLike]) -> list[np.ndarray]:
     return frames
 
 
-@dataclass
-class SentenceWords:
-    """The sentence as the model reads it: ``words`` (the first ``max_words`` tokens), ``known[i]`` (False: read
-    as ``<unk>``), the classifier's type names and ``probs [len(words), n_types]`` (eq. 1; None without one)."""
-
-    words: list[str]
-    known: list[bool]
-    types: tuple[str, ...]
-    probs: np.ndarray | None
-
-
 def encode_sentence(dm: DemoModel, sentence: str) -> tuple[torch.Tensor, list[str], list[bool]]:
-    """``(token ids [max_words] left-padded, words, known)``; raises ``DatasetError`` for a sentence without words."""
-    max_words = int(dm.config.dataset.max_words)
-    words = tokenize(sentence or "")[:max_words]
-    if not any(re.search(r"\w", w) for w in words):
+    """``(token ids [max_words] left-padded, words, known)`` (:func:`cmpc.explain.read_words`); raises
+    ``DatasetError`` for a sentence without words."""
+    if not any(re.search(r"\w", w) for w in tokenize(sentence or "")):
         raise DatasetError("the sentence is empty: type what to segment, e.g. 'the red circle on the left'")
-    tokens = dm.vocab.encode(sentence, max_words)
-    known = [i != UNK_ID for i in tokens[max_words - len(words):].tolist()]
-    return tokens, words, known
-
-
-def _sentence_words(dm: DemoModel, words, known, word_probs: torch.Tensor | None) -> SentenceWords:
-    """``word_probs [1, T, n_types]`` (left-padded model output) -> one row per word."""
-    probs = None if word_probs is None else word_probs[0, -len(words):].float().cpu().numpy()
-    return SentenceWords(list(words), list(known), dm.word_types, probs)
+    return read_words(dm.vocab, sentence, int(dm.config.dataset.max_words))
 
 
 # -- images ------------------------------------------------------------------------------------------------
@@ -224,29 +214,10 @@ def segment_image(dm: DemoModel, image: Any, sentence: str, crf: bool = False) -
         image=rgb,
         mask=mask,
         probability=dm.letterbox.invert(prob_padded, size),
-        words=_sentence_words(dm, words, known, out["word_probs"]),
+        words=sentence_words(words, known, dm.word_types, out["word_probs"]),
         attention=_attention(dm, graphs, mask_padded, prob_padded, size),
         crf=crf,
     )
-
-
-def _labels(words: SentenceWords) -> list[str]:
-    return [w if k else f"{w}*" for w, k in zip(words.words, words.known)]
-
-
-def word_type_chart(words: SentenceWords) -> np.ndarray | None:
-    """Stacked bars of each word's type distribution (eq. 1) as RGB; None for a model without a classifier.
-    Words outside the vocabulary carry a ``*``."""
-    if words.probs is None:
-        return None
-    return word_type_bars(_labels(words), words.probs, words.types)
-
-
-def word_type_rows(words: SentenceWords) -> list[list]:
-    """Table rows ``[word, p_type1, ...]`` (probabilities rounded to 3 decimals); empty without a classifier."""
-    if words.probs is None:
-        return []
-    return [[label, *(round(float(p), 3) for p in row)] for label, row in zip(_labels(words), words.probs)]
 
 
 def attention_pictures(result: ImageResult, alpha: float = 0.55) -> list[tuple[np.ndarray, str]]:
@@ -265,18 +236,6 @@ def attention_pictures(result: ImageResult, alpha: float = 0.55) -> list[tuple[n
         pictures.append((picture, f"{m.level} ({m.grid[0]}x{m.grid[1]}): edges from {where}, "
                                   f"{low:.2f}-{high:.2f}x uniform"))
     return pictures
-
-
-def enlarged(picture: np.ndarray | None, side: int = 384) -> np.ndarray | None:
-    """``picture`` enlarged by the whole factor that brings its longer side closest to ``side`` from below
-    (nearest neighbour; never shrunk), so that small pictures (the synthetic scenes are 128 px) are readable on
-    the page. For display only: nothing is computed on it."""
-    import cv2
-
-    if picture is None:
-        return None
-    factor = max(1, side // max(picture.shape[:2]))
-    return picture if factor == 1 else cv2.resize(picture, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
 
 
 # -- clips -------------------------------------------------------------------------------------------------
@@ -308,7 +267,7 @@ def segment_clip(dm: DemoModel, frames: Sequence[np.ndarray], sentence: str, *, 
                            batch_size=batch_size)
     probs = dm.model.encode_language(tokens[None].to(dm.device)).probs  # eq. 1 depends on the words alone
     return VideoResult(list(frames), masks, [overlay(f, m) for f, m in zip(frames, masks)],
-                       _sentence_words(dm, words, known, probs))
+                       sentence_words(words, known, dm.word_types, probs))
 
 
 # -- the page's handlers -----------------------------------------------------------------------------------

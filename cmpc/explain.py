@@ -1,23 +1,89 @@
-"""What CMPC did with a sentence in one forward pass: the RAR graphs (eq. 9) of every visual level.
+"""What CMPC did with a sentence in one forward pass: the word types (eq. 1) and the RAR graphs (eq. 9) of every
+visual level.
 
-The word types (eq. 1) are part of every model output (``out["word_probs"]``); the graph ``A = B1 B2`` of
+The word types are part of every model output (``out["word_probs"]``, left-padded): :func:`sentence_words` keeps
+the rows of the words read and :func:`word_type_chart` draws them as the paper's figure 5. The graph ``A = B1 B2`` of
 Relation-Aware Reasoning is not (the fast path never builds it), so :func:`capture_reasoning` records the
 inputs of each level's :class:`~cmpc.models.relation.RelationAwareReasoning` during a forward and
 :func:`reasoning_graphs` rebuilds ``A`` from them with the module's own explicit path
 (:meth:`~cmpc.models.relation.RelationAwareReasoning.adjacency`). :func:`outgoing_attention` is a row of
 ``A`` averaged over a region, the quantity of the paper's figure 9 ("where the referent sends its
-messages"). Used by ``benchmarks/rar_attention.py`` and the web demo (:mod:`cmpc.demo`).
+messages"). Used by ``benchmarks/rar_attention.py``, the web demo (:mod:`cmpc.demo`) and the pictures that end
+a training run (:mod:`cmpc.engine.report_pictures`).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["capture_reasoning", "cell_cover", "outgoing_attention", "reasoning_graphs"]
+from cmpc.data.text import UNK_ID, tokenize
+from cmpc.viz import word_type_bars
+
+__all__ = [
+    "SentenceWords", "capture_reasoning", "cell_cover", "outgoing_attention", "read_words", "reasoning_graphs",
+    "sentence_words", "word_type_chart", "word_type_rows",
+]
+
+
+# -- word types (eq. 1) ------------------------------------------------------------------------------------
+@dataclass
+class SentenceWords:
+    """The sentence as the model reads it: ``words`` (the first ``max_words`` tokens), ``known[i]`` (False: read
+    as ``<unk>``), the classifier's type names and ``probs [len(words), n_types]`` (eq. 1; None without one)."""
+
+    words: list[str]
+    known: list[bool]
+    types: tuple[str, ...]
+    probs: np.ndarray | None
+
+
+def read_words(vocab, sentence: str, max_words: int) -> tuple[torch.Tensor, list[str], list[bool]]:
+    """``(token ids [max_words] left-padded, words, known)``: what the model reads of ``sentence`` (its first
+    ``max_words`` tokens; ``known[i]`` False for a word read as ``<unk>``). Raises ``DatasetError`` for a sentence
+    without words (:meth:`cmpc.data.text.Vocabulary.encode`)."""
+    words = tokenize(sentence or "")[:max_words]
+    tokens = vocab.encode(sentence, max_words)
+    known = [i != UNK_ID for i in tokens[max_words - len(words):].tolist()]
+    return tokens, words, known
+
+
+def sentence_words(words: Sequence[str], known: Sequence[bool], types: Sequence[str],
+                   word_probs: torch.Tensor | None) -> SentenceWords:
+    """The word types of one sentence: ``word_probs [1, T, n_types]`` (the model's left-padded output for a batch
+    of one, or None for a model without a word classifier) cut to one row per word of ``words``."""
+    probs = None
+    if word_probs is not None:
+        rows = word_probs[0].float().cpu().numpy()
+        probs = rows[len(rows) - len(words):]
+    return SentenceWords(list(words), list(known), tuple(types), probs)
+
+
+def _labels(words: SentenceWords) -> list[str]:
+    return [w if k else f"{w}*" for w, k in zip(words.words, words.known)]
+
+
+def word_type_chart(words: SentenceWords, title: str | None = None) -> np.ndarray | None:
+    """Stacked bars of each word's type distribution (eq. 1, the paper's figure 5) as RGB; None for a model
+    without a classifier. Words outside the vocabulary carry a ``*``."""
+    if words.probs is None:
+        return None
+    return word_type_bars(_labels(words), words.probs, words.types, title=title)
+
+
+def word_type_rows(words: SentenceWords) -> list[list]:
+    """Table rows ``[word, p_type1, ...]`` (probabilities rounded to 3 decimals); empty without a classifier."""
+    if words.probs is None:
+        return []
+    return [[label, *(round(float(p), 3) for p in row)] for label, row in zip(_labels(words), words.probs)]
+
+
+# -- relation-aware reasoning (eq. 9) ----------------------------------------------------------------------
 
 
 @contextmanager

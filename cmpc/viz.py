@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["overlay", "save_png", "title_strip", "word_type_bars", "write_gif"]
+__all__ = ["enlarged", "fit", "grid", "overlay", "save_png", "title_strip", "word_type_bars", "write_gif"]
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -72,11 +72,13 @@ def _wrap(text: str, font: Any, max_width: int) -> list[str]:
     return lines
 
 
-def title_strip(title: str, width: int, background=(255, 255, 255), color=(0, 0, 0)) -> np.ndarray:
-    """An RGB strip ``width`` pixels wide holding ``title``, wrapped over as many lines as needed."""
+def title_strip(title: str, width: int, background=(255, 255, 255), color=(0, 0, 0),
+                size: int | None = None) -> np.ndarray:
+    """An RGB strip ``width`` pixels wide holding ``title``, wrapped over as many lines as needed; font ``size``
+    in pixels (default: ``width / 28`` within 9-28)."""
     from PIL import Image, ImageDraw
 
-    size = int(np.clip(width / 28, 9, 28))
+    size = int(np.clip(width / 28, 9, 28)) if size is None else int(size)
     font = _font(size)
     pad = max(2, size // 3)
     lines = _wrap(title, font, max(1, width - 2 * pad))
@@ -118,6 +120,49 @@ def overlay(
         cv2.drawContours(out, contours, -1, tuple(int(c) for c in col), thickness)
     if title:
         out = np.concatenate([title_strip(title, out.shape[1]), out], axis=0)
+    return out
+
+
+def enlarged(picture: np.ndarray | None, side: int = 384) -> np.ndarray | None:
+    """``picture`` enlarged by the whole factor that brings its longer side closest to ``side`` from below
+    (nearest neighbour; never shrunk), so that small pictures (the synthetic scenes are 128 px) are readable on
+    a page. For display only: nothing is computed on it."""
+    import cv2
+
+    if picture is None:
+        return None
+    factor = max(1, side // max(picture.shape[:2]))
+    return picture if factor == 1 else cv2.resize(picture, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+
+
+def fit(picture: np.ndarray, side: int) -> np.ndarray:
+    """``picture`` (RGB uint8) with its longer side brought to at most ``side`` pixels, aspect kept: a smaller one
+    :func:`enlarged` by a whole factor, a larger one shrunk (area averaging) to exactly ``side``."""
+    import cv2
+
+    longest = max(picture.shape[:2])
+    if longest <= side:
+        return enlarged(picture, side)
+    h, w = (max(1, round(n * side / longest)) for n in picture.shape[:2])
+    return cv2.resize(picture, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def grid(pictures: Sequence[Any], columns: int, gap: int = 4, background: int = 255) -> np.ndarray:
+    """RGB uint8 pictures laid out row by row, ``columns`` per row, in cells as large as the largest picture
+    (each one at its cell's top left, the rest ``background``), ``gap`` pixels apart. Raises ``ValueError``
+    for no pictures or ``columns < 1``."""
+    if not pictures:
+        raise ValueError("grid needs at least one picture")
+    if columns < 1:
+        raise ValueError(f"columns must be >= 1, got {columns}")
+    arrays = [_rgb(p) for p in pictures]
+    cell_h, cell_w = max(a.shape[0] for a in arrays), max(a.shape[1] for a in arrays)
+    columns = min(columns, len(arrays))
+    rows = -(-len(arrays) // columns)
+    out = np.full((rows * cell_h + (rows - 1) * gap, columns * cell_w + (columns - 1) * gap, 3), background, np.uint8)
+    for i, a in enumerate(arrays):
+        y, x = (i // columns) * (cell_h + gap), (i % columns) * (cell_w + gap)
+        out[y:y + a.shape[0], x:x + a.shape[1]] = a
     return out
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import hydra
 
 from cmpc.cli import friendly_errors, quiet_third_party_logs
-from cmpc.demo import clip_page, enlarged, error_line, image_page, load_demo_model, synthetic_examples
+from cmpc.demo import clip_page, error_line, image_page, load_demo_model, synthetic_examples
 from cmpc.engine.builders import newest_checkpoint
 from cmpc.engine.distributed import resolve_device
 from cmpc.errors import CmpcError, ConfigError
 from cmpc.models.language import IMAGE_WORD_TYPES
+from cmpc.viz import enlarged
 
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the page works offline
 

@@ -16,16 +16,14 @@ from cmpc.demo import (
     as_rgb,
     attention_pictures,
     clip_page,
-    enlarged,
     image_page,
     load_demo_model,
     read_clip,
     segment_image,
     synthetic_examples,
-    word_type_chart,
-    word_type_rows,
 )
-from cmpc.explain import capture_reasoning, outgoing_attention, reasoning_graphs
+from cmpc.explain import capture_reasoning, outgoing_attention, reasoning_graphs, word_type_chart, word_type_rows
+from cmpc.viz import enlarged
 
 
 @pytest.fixture(scope="module")

@@ -222,6 +222,24 @@ def load_scaler_state(scaler: torch.amp.GradScaler, saved: dict) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's (every device's) global generators with ``seed``. The rest follows:
+    torch seeds each data-loader worker's ``random``, numpy and torch generators from a base seed drawn from
+    this process's torch generator, and the batch order is a function of ``seed`` and the step alone
+    (:mod:`cmpc.engine.sampler`)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def deterministic_kernels(enabled: bool) -> None:
+    """``trainer.deterministic``: ``torch.use_deterministic_algorithms(enabled, warn_only=True)``, so that a run
+    repeated on the same machine (same device, thread count, library versions) gives the same weights and
+    metrics. On CUDA this selects deterministic cuDNN convolutions and needs ``CUBLAS_WORKSPACE_CONFIG``
+    (set here to ``:4096:8`` unless already set; it must be set before cuBLAS starts, i.e. before the first
+    matrix product on the GPU); cuDNN's autotuner (``benchmark``) is switched off. An operation without a
+    deterministic kernel warns once and runs anyway (docs/performance.md, "Deterministic runs", lists those
+    the models use). ``enabled=False`` restores torch's defaults."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(enabled, warn_only=enabled)

@@ -6,7 +6,8 @@ computed against the original-resolution ground truth. With ``crf=True`` DenseCR
 sigmoid map at the padded input resolution (official parameters) in worker processes, and both
 results are reported. Under DDP every rank evaluates a shard of whole images (all sentences of an image on
 one rank, so that they share one backbone pass) and the per-sample intersections and unions are gathered
-on every rank.
+on every rank. With ``per_sample=True`` the result also says which dataset sample got which IoU (the pictures
+that end a training run pick their samples from it: :mod:`cmpc.engine.report_pictures`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cmpc.data import collate_grouped
@@ -40,6 +41,23 @@ def model_inputs(batch: dict, device: torch.device, channels_last: bool = False)
     return images, batch["words"].to(device, non_blocking=True), None if index is None else index.to(device)
 
 
+class _Numbered(Dataset):
+    """The samples ``indices`` of ``dataset``, each model sample's ``meta["index"]`` set to its index in ``dataset``
+    (unreadable samples pass through as they are)."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        sample = self.dataset[self.indices[i]]
+        if isinstance(sample, dict):
+            sample["meta"]["index"] = self.indices[i]
+        return sample
+
+
 @torch.no_grad()
 def predict_logits(model, batch: dict, device: torch.device, amp: str = "off",
                    channels_last: bool = False) -> torch.Tensor:
@@ -52,14 +70,18 @@ def predict_logits(model, batch: dict, device: torch.device, amp: str = "off",
 
 def evaluate(model, dataset, *, device, info: DistInfo = DistInfo(), batch_size: int = 16, num_workers: int = 0,
              amp: str = "off", crf: bool = False, crf_workers: int | None = None, video: bool = False,
-             progress: bool = True, desc: str = "eval") -> dict:
+             progress: bool = True, desc: str = "eval", per_sample: bool = False) -> dict:
     """Metrics of ``model`` on ``dataset``: ``{"metrics", "by_kind", "unreadable"}`` and, with CRF, ``{"crf",
     "crf_by_kind"}``. Samples whose files cannot be read are left out of the metrics and counted in
-    ``unreadable`` (each reason logged as a warning)."""
+    ``unreadable`` (each reason logged as a warning).
+
+    ``per_sample=True`` adds ``"samples"``: ``{"index": int64 [N] (positions in ``dataset``, ascending), "iou":
+    float64 [N] (the IoU each got, empty/empty = 1, without CRF), "kind": [N] (``meta["kind"]``, None for
+    datasets without kinds)}`` over the N evaluated samples, on every rank."""
     device = torch.device(device)
     model.eval()
-    shard = Subset(dataset, range(len(dataset)) if info.world_size == 1 else
-                   shard_groups(group_indices(dataset), info.rank, info.world_size))
+    shard = _Numbered(dataset, range(len(dataset)) if info.world_size == 1 else
+                      shard_groups(group_indices(dataset), info.rank, info.world_size))
     # neighbouring sentences of the same image share one backbone pass
     loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_grouped,
                         worker_init_fn=worker_init())
@@ -72,6 +94,7 @@ def evaluate(model, dataset, *, device, info: DistInfo = DistInfo(), batch_size:
         pool = CRFPool(crf_workers)
     letterbox = dataset.letterbox
     unreadable = UnreadableTally()
+    indices: list[int] = []  # dataset position of each sample given to `plain`, in order
     try:
         for batch in tqdm(loader, desc=desc, disable=not (progress and info.is_main), leave=False):
             if unreadable.add(batch):
@@ -79,6 +102,7 @@ def evaluate(model, dataset, *, device, info: DistInfo = DistInfo(), batch_size:
             logits = predict_logits(model, batch, device, amp)
             for score, gt, meta in zip(logits, batch["gt"], batch["meta"]):
                 plain.update(letterbox.invert(score, gt.shape) >= 0, gt, kind=meta.get("kind"))
+                indices.append(meta["index"])
             if pool is not None:
                 frames = batch["clip"][:, batch["clip"].shape[1] // 2] if "clip" in batch else batch["image"]
                 frames = frames[batch["image_index"]]
@@ -99,4 +123,10 @@ def evaluate(model, dataset, *, device, info: DistInfo = DistInfo(), batch_size:
         merged = RefSegMetrics.from_state(*gather_objects(metrics.state_dict(), info))
         results[key] = merged.compute()
         results[f"{key}_by_kind" if key == "crf" else "by_kind"] = merged.compute_by_kind()
+        if key == "metrics" and per_sample:
+            index = np.concatenate([np.asarray(i, dtype=np.int64) for i in gather_objects(indices, info)])
+            order = np.argsort(index, kind="stable")
+            kinds = merged.state_dict()["kinds"]
+            results["samples"] = {"index": index[order], "iou": merged.ious()[order],
+                                  "kind": [kinds[i] for i in order]}
     return results

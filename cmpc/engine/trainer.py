@@ -2,7 +2,8 @@
 
 build data -> build model -> (resume) -> for each step: forward, loss, backward, optimiser step,
 log, checkpoint, evaluate on the validation split (best.pt by overall IoU) -> evaluate best.pt on
-the test split -> metrics.json. DDP when launched by torchrun; rank 0 logs and writes files.
+the test split -> predictions.png, word_types.png -> metrics.json (with the wall time of each part). DDP when
+launched by torchrun; rank 0 logs and writes files.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from cmpc.data import collate, collate_grouped
-from cmpc.data.base import RawSample, UnreadableTally
+from cmpc.data.base import UnreadableTally
 from cmpc.engine import checkpoint as ckpt
 from cmpc.engine.builders import build_datasets, build_model_for, check_pretrained
 from cmpc.engine.config_check import check_train_config
@@ -37,31 +38,18 @@ from cmpc.engine.distributed import (
     resolve_device,
 )
 from cmpc.engine.environment import record_environment
-from cmpc.engine.evaluate import evaluate, model_inputs, predict_logits
+from cmpc.engine.evaluate import evaluate, model_inputs
 from cmpc.engine.optim import build_optimizer, learning_rate, set_learning_rate
 from cmpc.engine.precision import autocast, needs_grad_scaler
+from cmpc.engine.report_pictures import log_predictions, write_report_pictures
 from cmpc.engine.rundir import open_run_dir, truncate_log
 from cmpc.engine.sampler import StepBatchSampler, group_indices
 from cmpc.engine.workers import worker_init
 from cmpc.errors import ConfigError, TrainingDiverged
 from cmpc.metrics import format_table
 from cmpc.models.loss import referring_loss
-from cmpc.viz import overlay
 
 log = logging.getLogger(__name__)
-
-
-def log_predictions(writer: SummaryWriter, model, dataset, device, step: int, count: int = 4) -> None:
-    """A few validation predictions (mask over the image, sentence as title) as TensorBoard images.
-    Call with the model in eval mode."""
-    raws = [raw for raw in map(dataset.try_load, range(min(count, len(dataset)))) if isinstance(raw, RawSample)]
-    if not raws:
-        return
-    logits = predict_logits(model, collate([dataset.to_model_sample(raw) for raw in raws]), device)
-    for i, (score, raw) in enumerate(zip(logits, raws)):
-        mask = (dataset.letterbox.invert(score, raw.mask.shape) >= 0).numpy()
-        picture = overlay(raw.frames[raw.center], mask, title=raw.sentence)
-        writer.add_image(f"val/prediction_{i}", picture, step, dataformats="HWC")
 
 
 def _wants_resume(resume) -> bool:
@@ -156,7 +144,15 @@ class LossLog:
 
 
 def train(cfg, run_dir: str | Path) -> dict:
-    """Train, evaluate and return ``{"val": ..., "test": ..., "history": [...]}``."""
+    """Train, evaluate and return ``{"val": ..., "test": ..., "history": [...], "timing": {...}}``.
+
+    ``timing`` (also in metrics.json), wall seconds of this process (a resumed run counts from its resume):
+    ``data_s`` building the datasets (generating the synthetic benchmark on first use, indexing, vocabulary,
+    GloVe), ``train_s`` the training loop from the data loader's start to the last step (checkpoints included,
+    validations not), ``validate_s`` every validation (also the final one), ``test_s`` the test evaluation of
+    best.pt, ``pictures_s`` predictions.png and word_types.png, ``total_s`` all of :func:`train`; plus ``steps``
+    (run by this process) and ``sentences_per_s`` (trained sentences / ``train_s``)."""
+    started = time.perf_counter()
     check_train_config(cfg)
     check_pretrained(cfg)
     run_dir = Path(run_dir)
@@ -167,10 +163,13 @@ def train(cfg, run_dir: str | Path) -> dict:
         device = torch.device(f"cuda:{info.local_rank}")
         torch.cuda.set_device(device)
     ckpt.seed_everything(cfg.seed)
+    ckpt.deterministic_kernels(t.deterministic)
     run_lock = open_run_dir(run_dir, _wants_resume(cfg.resume), info)
     resume = _resume_path(cfg.resume, run_dir)
 
+    clock = time.perf_counter()
     data = build_datasets(cfg, splits=("train", "eval", "test"))
+    timing = {"data_s": time.perf_counter() - clock, "validate_s": 0.0}
     model = build_model_for(cfg, data.vocab, data.embeddings).to(device)
     if t.channels_last:
         model = _to_channels_last(model)
@@ -192,6 +191,7 @@ def train(cfg, run_dir: str | Path) -> dict:
         truncate_log(run_dir / "train_log.jsonl", step)  # lines a killed run wrote after its last checkpoint
         record_environment(run_dir, step)
 
+    train_started, start_step = time.perf_counter(), step
     groups = group_indices(data.train) if t.group_by_image else len(data.train)
     sampler = StepBatchSampler(groups, t.batch_size, cfg.seed, step, info.rank, info.world_size, t.steps)
     loader = DataLoader(
@@ -227,6 +227,7 @@ def train(cfg, run_dir: str | Path) -> dict:
 
     def validate() -> dict:
         nonlocal best
+        clock = time.perf_counter()
         result = evaluate(model, data.eval, device=device, info=info, batch_size=t.eval_batch_size,
                           num_workers=t.num_workers, amp=t.amp, video=data.video, desc=f"val@{step}")
         score = result["metrics"]["oIoU"]
@@ -240,6 +241,7 @@ def train(cfg, run_dir: str | Path) -> dict:
             best = score
             save("best.pt")
         model.train()
+        timing["validate_s"] += time.perf_counter() - clock
         return result
 
     stop = t.steps if t.stop_at_step is None else min(t.steps, t.stop_at_step)
@@ -290,6 +292,9 @@ def train(cfg, run_dir: str | Path) -> dict:
     bar.close()
     if log_file is not None:
         log_file.close()
+    timing["train_s"] = time.perf_counter() - train_started - timing["validate_s"]
+    timing["steps"] = step - start_step
+    timing["sentences_per_s"] = seen / max(timing["train_s"], 1e-9)
 
     results: dict = {"step": step, "history": history, "unreadable_train_samples": len(unreadable)}
     for line in unreadable.report("the training split") if info.is_main else ():
@@ -300,20 +305,33 @@ def train(cfg, run_dir: str | Path) -> dict:
         best_state = ckpt.load_checkpoint(run_dir / "best.pt") if (run_dir / "best.pt").is_file() else None
         if best_state is not None:
             model.load_state_dict(best_state["model"])
+        pictures = {}
         if data.test is not None:
+            clock = time.perf_counter()
             test = evaluate(model, data.test, device=device, info=info, batch_size=t.eval_batch_size,
-                            num_workers=t.num_workers, amp=t.amp, video=data.video, desc="test")
+                            num_workers=t.num_workers, amp=t.amp, video=data.video, desc="test", per_sample=True)
+            timing["test_s"] = time.perf_counter() - clock
+            samples = test.pop("samples")
             results["test"] = test
             if info.is_main:
                 split = cfg.dataset.test_split
-                print(format_table(test["metrics"], title=f"{cfg.dataset.name} {split} ({cfg.model.name}, best.pt)"))
+                title = f"{cfg.dataset.name} {split} ({cfg.model.name}, best.pt)"
+                print(format_table(test["metrics"], title=title))
                 if test["by_kind"]:
                     print(format_table(test["by_kind"], title="by expression kind"))
                 for key, value in test["metrics"].items():
                     writer.add_scalar(f"test/{key}", value, step)
+                clock = time.perf_counter()
+                pictures = write_report_pictures(model, data.test, samples, run_dir, device, amp=t.amp,
+                                                 writer=writer, step=step, title=title)
+                timing["pictures_s"] = time.perf_counter() - clock
         if info.is_main:
+            timing["total_s"] = time.perf_counter() - started
+            results["timing"] = timing
             summary = {k: v for k, v in results.items() if k != "history"}
             (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+            for name, path in pictures.items():
+                print(f"{name.replace('_', ' ')}: {path.resolve()}")
     if writer is not None:
         writer.close()
     if run_lock is not None:
