@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from cmpc.data.text import UNK_ID, tokenize
-from cmpc.viz import word_type_bars
+from cmpc.viz import word_type_bars, word_type_panels
 
 __all__ = [
     "SentenceWords", "capture_reasoning", "cell_cover", "outgoing_attention", "read_words", "reasoning_graphs",
-    "sentence_words", "word_type_chart", "word_type_rows",
+    "sentence_words", "word_type_chart", "word_type_rows", "word_types_figure",
 ]
 
 
@@ -74,6 +74,14 @@ def word_type_chart(words: SentenceWords, title: str | None = None) -> np.ndarra
     if words.probs is None:
         return None
     return word_type_bars(_labels(words), words.probs, words.types, title=title)
+
+
+def word_types_figure(sentences: Sequence[tuple[SentenceWords, str | None]]) -> np.ndarray | None:
+    """:func:`word_type_chart` of several ``(words, title)`` sentences (their classifier's types must agree) in one
+    figure, one under the other; None when there are none or their model has no word classifier."""
+    if not sentences or any(words.probs is None for words, _ in sentences):
+        return None
+    return word_type_panels([(_labels(words), words.probs, title) for words, title in sentences], sentences[0][0].types)
 
 
 def word_type_rows(words: SentenceWords) -> list[list]:

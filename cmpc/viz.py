@@ -11,7 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["enlarged", "fit", "grid", "overlay", "save_png", "title_strip", "word_type_bars", "write_gif"]
+__all__ = ["enlarged", "fit", "grid", "overlay", "save_png", "title_strip", "word_type_bars", "word_type_panels",
+           "write_gif"]
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -192,33 +193,54 @@ def word_type_bars(
 
     The model left-pads ``word_probs``: pass ``probs[-len(words):]``.  Returns an RGB uint8 array.
     """
+    return word_type_panels([(words, probs, title)], type_names, dpi=dpi)
+
+
+def word_type_panels(
+    panels: Sequence[tuple[Sequence[str], Any, str | None]],
+    type_names: Sequence[str],
+    dpi: int = 100,
+) -> np.ndarray:
+    """:func:`word_type_bars` of several sentences in one figure, one under the other with one legend (bars of
+    one width in every panel): ``panels`` holds ``(words, probs [T, n_types], title or None)``. Drawing one
+    figure instead of one per sentence saves most of matplotlib's layout time. Returns an RGB uint8 array.
+    Raises ``ValueError`` for no panels or a ``probs`` that does not fit its words and ``type_names``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    p = _as_numpy(probs).astype(np.float64)
-    if p.ndim != 2 or p.shape[1] != len(type_names):
-        raise ValueError(f"probs must be [T, {len(type_names)}] (one column per type name), got shape {p.shape}")
-    if p.shape[0] != len(words):
-        raise ValueError(
-            f"probs has {p.shape[0]} rows but there are {len(words)} words; for left-padded model outputs "
-            "pass probs[-len(words):]"
-        )
-    fig = Figure(figsize=(max(3.0, 0.6 * len(words) + 1.8), 2.6), dpi=dpi)
+    if not panels:
+        raise ValueError("word_type_panels needs at least one (words, probs, title) panel")
+    arrays = []
+    for words, probs, _ in panels:
+        p = _as_numpy(probs).astype(np.float64)
+        if p.ndim != 2 or p.shape[1] != len(type_names):
+            raise ValueError(f"probs must be [T, {len(type_names)}] (one column per type name), got shape {p.shape}")
+        if p.shape[0] != len(words):
+            raise ValueError(
+                f"probs has {p.shape[0]} rows but there are {len(words)} words; for left-padded model outputs "
+                "pass probs[-len(words):]"
+            )
+        arrays.append(p)
+    longest = max(len(words) for words, _, _ in panels)
+    fig = Figure(figsize=(max(3.0, 0.6 * longest + 1.8), 2.6 * len(panels)), dpi=dpi)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    x = np.arange(len(words))
-    bottom = np.zeros(len(words))
-    for k, name in enumerate(type_names):
-        ax.bar(x, p[:, k], bottom=bottom, label=str(name), width=0.75)
-        bottom += p[:, k]
-    ax.set_xticks(x)
-    ax.set_xticklabels([str(w) for w in words], rotation=45, ha="right", fontsize=8)
-    ax.set_ylim(0, max(1.0, float(bottom.max(initial=0.0))))
-    ax.set_ylabel("probability", fontsize=8)
-    ax.tick_params(axis="y", labelsize=7)
-    if title:
-        ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    for row, ((words, _, title), p) in enumerate(zip(panels, arrays)):
+        ax = fig.add_subplot(len(panels), 1, row + 1)
+        x = np.arange(len(words))
+        bottom = np.zeros(len(words))
+        for k, name in enumerate(type_names):
+            ax.bar(x, p[:, k], bottom=bottom, label=str(name), width=0.75)
+            bottom += p[:, k]
+        ax.set_xticks(x)
+        ax.set_xticklabels([str(w) for w in words], rotation=45, ha="right", fontsize=8)
+        ax.set_xlim(-0.5, longest - 0.5)
+        ax.set_ylim(0, max(1.0, float(bottom.max(initial=0.0))))
+        ax.set_ylabel("probability", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        if title:
+            ax.set_title(title, fontsize=9)
+        if row == 0:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()

@@ -58,8 +58,9 @@ def environment(step: int) -> dict:
         "numpy": np.__version__, "cuda": torch.version.cuda, "platform": platform.platform(),
         "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "gpus": gpus,
-        "env": {k: v for k, v in os.environ.items() if k in ("ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS",
-                                                              "CUDA_VISIBLE_DEVICES", "WORLD_SIZE")},
+        "env": {k: v for k, v in os.environ.items() if k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+                                                              "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+                                                              "CUBLAS_WORKSPACE_CONFIG", "WORLD_SIZE")},
     }
 
 

@@ -8,7 +8,7 @@
   blank tile saying so. Each tile: the image (a clip's annotated centre frame), the predicted mask tinted red,
   the ground truth outlined green, and a caption with the kind, the IoU of the evaluation and the sentence.
 - ``word_types.png``: the word-type probabilities of eq. 1 (the paper's figure 5) of the first sentence of each
-  row of ``predictions.png``, one stacked-bar chart per sentence (:func:`cmpc.explain.word_type_chart`); not
+  row of ``predictions.png``, one stacked-bar chart per sentence (:func:`cmpc.explain.word_types_figure`); not
   written for a model without a word classifier.
 - ``val/prediction_i`` in TensorBoard (:func:`log_predictions`): the first validation samples at each validation.
 
@@ -29,7 +29,7 @@ import torch
 from cmpc.data import collate
 from cmpc.data.base import RawSample
 from cmpc.engine.evaluate import predict_logits
-from cmpc.explain import read_words, sentence_words, word_type_chart
+from cmpc.explain import read_words, sentence_words, word_types_figure
 from cmpc.viz import fit, grid, overlay, save_png, title_strip
 
 log = logging.getLogger(__name__)
@@ -130,17 +130,15 @@ def predictions_picture(rows: list[list[Shown | None]], predicted: dict[int, tup
 
 @torch.no_grad()
 def word_types_picture(model, dataset, shown: Sequence[tuple[Shown, RawSample]], device) -> np.ndarray | None:
-    """Word-type charts (eq. 1) of the ``shown`` samples' sentences, one under the other; None for a model
-    without a word classifier."""
-    charts = []
+    """Word-type charts (eq. 1) of the ``shown`` samples' sentences, one under the other
+    (:func:`cmpc.explain.word_types_figure`); None for a model without a word classifier."""
+    sentences = []
     for s, raw in shown:
         tokens, words, known = read_words(dataset.vocab, raw.sentence, dataset.max_words)
         probs = model.encode_language(tokens[None].to(device)).probs  # eq. 1 depends on the words alone
-        if probs is None:
-            return None
         title = raw.sentence if s.kind is None else f"{s.kind}: {raw.sentence}"
-        charts.append(word_type_chart(sentence_words(words, known, model.word_types, probs), title=title))
-    return grid(charts, columns=1, gap=6) if charts else None
+        sentences.append((sentence_words(words, known, model.word_types, probs), title))
+    return word_types_figure(sentences)
 
 
 def write_report_pictures(model, dataset, samples: dict, run_dir: str | Path, device, *, amp: str = "off",
