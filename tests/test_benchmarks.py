@@ -1,6 +1,7 @@
 """The benchmark suite runs end to end (tiny widths); its figures are reported, not asserted."""
 
 import re
+import shlex
 import subprocess
 import sys
 
@@ -78,3 +79,31 @@ def test_rar_carries_a_routed_landmark_to_its_target():
 
     result = run("oracle", seed=0, steps=800, grid=12, lr=3e-3)
     assert result["decoy"] > 0.9 and result["other"] > 0.9
+
+
+def test_main_job_benchmark_appends_a_row_whose_parts_add_up(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from main_job import HEADER
+    from test_training import TINY_MODEL
+
+    out = tmp_path / "main_job.md"
+    earlier = "| 2026-01-01 00:00 | `abc` | `python scripts/train.py` | some CPU | 2 |" + " 1 |" * 12
+    out.write_text(f"# an earlier table\n\n{HEADER}\n{earlier}\n")
+    tiny = ["device=cpu", "dataset.generate.splits={train: 4, val: 2, test: 2}", "trainer.steps=3",
+            "trainer.batch_size=4", "trainer.num_workers=0", "trainer.eval_every=2", *TINY_MODEL]
+    done = subprocess.run([sys.executable, "benchmarks/main_job.py", "--out", str(out), *tiny], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = out.read_text().splitlines()
+    assert lines[:5] == ["# an earlier table", "", *HEADER.splitlines(), earlier] and len(lines) == 6
+    assert lines[-1] in done.stdout.splitlines()
+    names = [c.strip() for c in lines[2].strip("|").split("|")]
+    row = dict(zip(names, (c.strip() for c in lines[-1].strip("|").split("|"))))
+    assert row["command"] == f"`python scripts/train.py {' '.join(map(shlex.quote, tiny))} (fresh data)`"
+    assert re.fullmatch(r"`([0-9a-f]{10}(\+dirty)?|unknown)`", row["commit"]) and row["threads"].isdigit()
+    assert row["CPU"].endswith(")") and row["steps"] == "3" and float(row["sentences/s"]) > 0
+    seconds = {k: float(row[k]) for k in ("total s", "start-up s", "data s", "train s", "validation s", "test s",
+                                          "pictures s", "other s")}
+    parts = [v for k, v in seconds.items() if k != "total s"]
+    assert all(v >= 0 for v in parts) and seconds["data s"] > 0 and seconds["train s"] > 0
+    assert abs(sum(parts) - seconds["total s"]) <= 0.05 * len(parts) + 1e-9  # each rounded to 0.1 s

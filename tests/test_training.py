@@ -206,6 +206,9 @@ def test_video_train_eval_predict_end_to_end(tmp_path):
     trained = _run([sys.executable, "scripts/train.py", *overrides], env=env)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "mAP" in trained.stdout  # video metrics: Prec@0.50:0.05:0.95 and their mean
+    run_dir = next(runs.glob("*_synthetic_video_cmpc_v"))
+    for name in ("predictions.png", "word_types.png"):  # pictures of the centre frames; 5 word types
+        assert f"{(run_dir / name).resolve()}" in trained.stdout and (run_dir / name).is_file()
     evaluated = _run([sys.executable, "scripts/eval.py", f"paths.data={data}", "num_workers=0"], env=env)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "J&F over whole videos" in evaluated.stdout
@@ -219,3 +222,44 @@ def test_video_train_eval_predict_end_to_end(tmp_path):
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert len(list(Path(f"{out}_masks").glob("*.png"))) == len(list(frames.glob("*.jpg")))
     assert Path(f"{out}_overlay.gif").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_same_command_twice_prints_the_same_table_and_trains_the_same_weights(tmp_path):
+    """scripts/train.py twice with one seed (each process with its own hash seed; data-loader workers on, so their
+    seeding counts; the first run generates the data, the second reads it): the same printed table, losses, test
+    metrics and final weights, bit for bit. Another seed trains other weights. The run ends naming its pictures."""
+    data = tmp_path / "data"
+    common = [o for o in tiny_overrides(data, steps=4) if not o.startswith("trainer.num_workers")]
+    common += ["trainer.num_workers=2", "trainer.eval_every=2"]
+    out = {}
+    for name in ("a", "b"):
+        done = _run([sys.executable, "scripts/train.py", *common, f"hydra.run.dir={tmp_path / name}"])
+        assert done.returncode == 0, done.stderr[-3000:]
+        out[name] = done.stdout[done.stdout.index("**synthetic test"):]  # the tables to the end (no log lines)
+    train(compose_cfg(common + ["seed=1"]), tmp_path / "other")
+    lines = out["a"].strip().splitlines()
+    assert lines[-2:] == [f"predictions: {(tmp_path / 'a' / 'predictions.png').resolve()}",
+                          f"word types: {(tmp_path / 'a' / 'word_types.png').resolve()}"]
+    assert (tmp_path / "a" / "predictions.png").is_file() and (tmp_path / "a" / "word_types.png").is_file()
+    assert "oIoU" in out["a"] and out["a"].replace("/a/", "/b/") == out["b"]  # the same tables, pictures named
+
+    def run(name):
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        log = (tmp_path / name / "train_log.jsonl").read_text()
+        return metrics, log, load_checkpoint(tmp_path / name / "last.pt")["model"]
+
+    (metrics_a, log_a, weights_a), (metrics_b, log_b, weights_b), (_, _, weights_other) = map(run, ("a", "b", "other"))
+    assert metrics_a["test"] == metrics_b["test"] and metrics_a["val"] == metrics_b["val"] and log_a == log_b
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert not all(torch.equal(weights_a[k], weights_other[k]) for k in weights_a)
+
+    timing = metrics_a["timing"]
+    parts = [timing[k] for k in ("data_s", "train_s", "validate_s", "test_s", "pictures_s")]
+    assert all(p >= 0 for p in parts) and sum(parts) <= timing["total_s"] and timing["steps"] == 4
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "a" / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert {"test/predictions", "test/word_types"} <= set(events.Tags()["images"])

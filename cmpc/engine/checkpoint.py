@@ -234,12 +234,17 @@ def seed_everything(seed: int) -> None:
 def deterministic_kernels(enabled: bool) -> None:
     """``trainer.deterministic``: ``torch.use_deterministic_algorithms(enabled, warn_only=True)``, so that a run
     repeated on the same machine (same device, thread count, library versions) gives the same weights and
-    metrics. On CUDA this selects deterministic cuDNN convolutions and needs ``CUBLAS_WORKSPACE_CONFIG``
-    (set here to ``:4096:8`` unless already set; it must be set before cuBLAS starts, i.e. before the first
-    matrix product on the GPU); cuDNN's autotuner (``benchmark``) is switched off. An operation without a
-    deterministic kernel warns once and runs anyway (docs/performance.md, "Deterministic runs", lists those
-    the models use). ``enabled=False`` restores torch's defaults."""
+    metrics. It makes the backward of ``features[image_index]`` (grouped batches) deterministic on a CPU and
+    selects deterministic cuDNN convolutions on CUDA, which also needs ``CUBLAS_WORKSPACE_CONFIG`` (set here to
+    ``:4096:8`` unless already set; it must be set before cuBLAS starts, i.e. before the first matrix product on
+    the GPU); cuDNN's autotuner (``benchmark``) is switched off. An operation without a deterministic kernel
+    warns once and runs anyway (docs/performance.md, "Deterministic runs", lists those the models use). torch's
+    NaN-filling of fresh memory, a check for kernels that read memory they did not write (none of ours), is
+    left off: it cost 6-9 % of a CPU training step. ``enabled=False`` restores torch's defaults."""
+    import torch.utils.deterministic
+
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
+    torch.utils.deterministic.fill_uninitialized_memory = not enabled  # True is torch's default
     torch.use_deterministic_algorithms(enabled, warn_only=enabled)
