@@ -1,11 +1,13 @@
-"""Optimiser groups, learning-rate schedules, the step sampler and atomic checkpoints."""
+"""Optimiser groups, learning-rate schedules, the step sampler, atomic checkpoints, deterministic kernels."""
+
+import os
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from cmpc.engine.checkpoint import atomic_save, load_checkpoint
+from cmpc.engine.checkpoint import atomic_save, deterministic_kernels, load_checkpoint
 from cmpc.engine.optim import build_optimizer, learning_rate, parameter_groups, set_learning_rate
 from cmpc.engine.sampler import StepBatchSampler
 from cmpc.errors import ConfigError
@@ -101,3 +103,22 @@ def test_fast_image_recipe_is_the_official_one_batched_grouped_and_bf16_over_as_
     assert (fast.batch_size, fast.group_by_image, fast.amp) == (8, True, "bf16")
     assert fast.steps * fast.batch_size == official.steps * official.batch_size
     assert (fast.lr, fast.weight_decay, fast.loss) == (official.lr, official.weight_decay, official.loss)
+
+
+def test_deterministic_kernels_switch_torch_and_cublas_and_back(monkeypatch):
+    import torch.utils.deterministic
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        deterministic_kernels(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and not torch.backends.cudnn.benchmark
+        assert not torch.utils.deterministic.fill_uninitialized_memory  # its NaN filling cost 6-9 % of a step
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # a user's own setting is kept
+        deterministic_kernels(True)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+        deterministic_kernels(False)
+        assert not torch.are_deterministic_algorithms_enabled() and torch.utils.deterministic.fill_uninitialized_memory
+    finally:
+        deterministic_kernels(before)

@@ -159,11 +159,15 @@ def write_report_pictures(model, dataset, samples: dict, run_dir: str | Path, de
               f"(dataset order) with IoU >= {SUCCESS}, then the first {PER_KIND} below")
     written = {"predictions": Path(run_dir) / "predictions.png"}
     pictures = {"predictions": predictions_picture(rows, predicted, legend)}
-    firsts = [(s, predicted[s.index][0]) for s in (next((s for s in row if s is not None), None) for row in rows)
-              if s is not None and s.index in predicted]
+    firsts = []  # the first tile of each row, as its sentence reads
+    for row in rows:
+        first = next((s for s in row if s is not None and s.index in predicted), None)
+        if first is not None:
+            firsts.append((first, predicted[first.index][0]))
     chart = word_types_picture(model, dataset, firsts, device)
     if chart is None:
-        log.info("no word_types.png: this model has no word classifier (eq. 1)")
+        log.info("no word_types.png: %s", "no readable test sample" if not firsts else
+                 "this model has no word classifier (eq. 1)")
     else:
         written["word_types"] = Path(run_dir) / "word_types.png"
         pictures["word_types"] = chart
