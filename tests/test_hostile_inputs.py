@@ -6,6 +6,7 @@ import csv
 import functools
 import io
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -37,8 +38,9 @@ def _saved(im: Image.Image, path: Path, **kw) -> Path:
     return path
 
 
-def _run(args, timeout=240):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+def _run(args, timeout=240, env=None):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def _one_line_error(r, *needles):
@@ -463,6 +465,25 @@ def test_good_config_passes_and_unreadable_root_is_named(tmp_path, monkeypatch):
     predict = OmegaConf.create({"text": "???", "image": "x.jpg", "video": None, "device": "cpu"})
     with pytest.raises(ConfigError, match="text is required"):
         config_check.check_predict_config(predict)
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ConfigError) as e:
+        config_check.check_train_config(_train_cfg(**{"trainer.batch_size": 10}))
+    assert str(e.value) == ("trainer.batch_size=10 is the global batch, split equally over the 4 processes of this "
+                            "run (WORLD_SIZE=4): set trainer.batch_size to a multiple of 4 (e.g. 8 or 12)")
+    with pytest.raises(ConfigError, match=r"trainer.batch_size=3 .* multiple of 4 \(e.g. 4\)$"):
+        config_check.check_train_config(_train_cfg(**{"trainer.batch_size": 3}))
+    config_check.check_train_config(_train_cfg(**{"trainer.batch_size": 8}))
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ConfigError, match="WORLD_SIZE='two' is not a process count"):
+        config_check.check_train_config(_train_cfg())
+    # the CLI path, as one torchrun process sees it: one line before any data is read or a process group joined
+    r = _run(["scripts/train.py", "trainer.batch_size=3", f"paths.data={tmp_path / 'none'}",
+              f"hydra.run.dir={tmp_path / 'run'}"], env={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"})
+    _one_line_error(r, "trainer.batch_size=3 is the global batch", "2 processes", "multiple of 2 (e.g. 2 or 4)")
+    assert not (tmp_path / "none").exists()
 
 
 def test_scripts_stop_on_bad_values_with_one_line(tmp_path):

@@ -76,8 +76,33 @@ def check_dataset_root(dataset) -> None:
                           f"(chmod -R u+rX) or copy the dataset somewhere readable")
 
 
+def process_count() -> int:
+    """The number of training processes of this launch: ``WORLD_SIZE`` (set by torchrun), 1 without it.
+
+    Raises:
+        ConfigError: ``WORLD_SIZE`` is set but is not an integer >= 1.
+    """
+    value = os.environ.get("WORLD_SIZE", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"the environment variable WORLD_SIZE={value!r} is not a process count: unset it, or "
+                          f"launch with torchrun, which sets it")
+    return int(value)
+
+
+def check_batch_splits(batch_size: int, processes: int) -> None:
+    """The global batch ``trainer.batch_size`` (sentences) must split into ``processes`` equal shares
+    (:class:`cmpc.engine.sampler.StepBatchSampler`). Raises ConfigError naming the process count otherwise."""
+    if batch_size % processes:
+        lower, upper = batch_size // processes * processes, (batch_size // processes + 1) * processes
+        nearest = f"{lower} or {upper}" if lower else str(upper)
+        raise ConfigError(f"trainer.batch_size={batch_size} is the global batch, split equally over the {processes} "
+                          f"processes of this run (WORLD_SIZE={processes}): set trainer.batch_size to a multiple of "
+                          f"{processes} (e.g. {nearest})")
+
+
 def check_train_config(cfg) -> None:
-    """The trainer keys (:data:`TRAINER_RULES`), ``trainer.amp``, ``device`` and the dataset root."""
+    """The trainer keys (:data:`TRAINER_RULES`), ``trainer.amp``, that the global batch splits over the processes
+    (:func:`check_batch_splits`), ``device`` and the dataset root."""
     for name, (kind, lowest, allowed) in TRAINER_RULES.items():
         _check_value(f"trainer.{name}", _get(cfg, f"trainer.{name}"), kind, lowest, allowed)
     for name, (kind, lowest, allowed) in OPTIONAL_TRAINER_RULES.items():
@@ -88,6 +113,7 @@ def check_train_config(cfg) -> None:
         value = _get(cfg, key)
         if value is not None and str(value) not in choices:
             raise ConfigError(f"{key}={value!r} is unknown: use one of {', '.join(choices)}")
+    check_batch_splits(cfg.trainer.batch_size, process_count())
     check_device(cfg)
     check_dataset_root(cfg.dataset)
 
