@@ -32,6 +32,13 @@ def friendly_errors(main):
     return wrapper
 
 
+def one_line_reason(err: BaseException) -> str:
+    """The first line of ``err``'s message; prefixed with its type unless it is one of our errors (a
+    :class:`CmpcError` already says what to do)."""
+    text = str(err).strip().splitlines()
+    return text[0] if isinstance(err, CmpcError) and text else f"{type(err).__name__}: {text[0] if text else ''}"
+
+
 @contextlib.contextmanager
 def failure_note(run_dir, name: str = "error.txt"):
     """Write the one-line reason of an exception leaving the block to ``run_dir/name``, then re-raise it.
@@ -43,8 +50,7 @@ def failure_note(run_dir, name: str = "error.txt"):
     except KeyboardInterrupt:
         raise
     except BaseException as err:  # noqa: BLE001 - recorded, then re-raised unchanged
-        text = str(err).strip().splitlines()
-        reason = text[0] if isinstance(err, CmpcError) and text else f"{type(err).__name__}: {text[0] if text else ''}"
+        reason = one_line_reason(err)
         if not (isinstance(err, SystemExit) and err.code in (0, None)):
             Path(run_dir).mkdir(parents=True, exist_ok=True)
             (Path(run_dir) / name).write_text(reason + "\n")

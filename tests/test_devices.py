@@ -3,6 +3,7 @@ mixed precision by capability (emulated AVX2 CPU), a graph-break-free forward an
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -156,3 +157,50 @@ def test_a_non_finite_loss_stops_with_the_step_parts_and_last_good_checkpoint(tm
     assert "at step 2 (loss nan, loss/final" in message and f"{tmp_path / 'run' / 'last.pt'} (step 1)" in message
     assert "\n" not in message  # one line
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 1  # the diverged weights were never saved
+
+
+FULL_DISK_RANK0 = """
+import errno, os, sys
+from cmpc.cli import friendly_errors
+from cmpc.engine import checkpoint
+from cmpc.engine.trainer import train
+from test_training import compose_cfg, tiny_overrides
+
+def full_disk(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+if os.environ["RANK"] == "0":
+    checkpoint.os.fsync = full_disk  # rank 0's disk is full: its first last.pt cannot be written
+friendly_errors(train)(compose_cfg(tiny_overrides(sys.argv[1], steps=4, extra=sys.argv[3:])), sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_a_checkpoint_rank_0_cannot_write_stops_every_rank_with_one_line(tmp_path):
+    """2 gloo processes started the way a cluster's launcher starts them (no torchrun agent to kill the survivors):
+    rank 0's disk is full at the step-2 checkpoint. Both stop with one line; the other rank used to wait in the next
+    step's collective for a rank that had gone (a hang under NCCL, a gloo traceback here)."""
+    from test_training import compose_cfg, tiny_overrides
+
+    from cmpc.engine.builders import build_datasets
+
+    extra = ["trainer.checkpoint_every=2", "trainer.batch_size=2", "model.glove=false"]
+    build_datasets(compose_cfg(tiny_overrides(tmp_path / "data", steps=4, extra=extra)), splits=("train",))
+    script = tmp_path / "full_disk.py"
+    script.write_text(FULL_DISK_RANK0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "WORLD_SIZE": "2", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    ranks = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "data"), str(tmp_path / "run"), *extra],
+                              cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    try:
+        outputs = [p.communicate(timeout=240) for p in ranks]
+    finally:
+        for p in ranks:
+            p.kill()
+    reason = f"could not write checkpoint {tmp_path / 'run' / 'last.pt'} (No space left on device)"
+    for r, (p, (_, err)) in enumerate(zip(ranks, outputs)):
+        lines = re.findall(r"(?:error: |Traceback)[^\r\n]*", err)  # tqdm ends its lines with \r
+        assert p.returncode == 2 and len(lines) == 1, f"rank {r}: {err[-3000:]}"
+        assert lines[0].startswith("error: " + ("" if r == 0 else "process 0 stopped the run: ") + reason), lines
+    assert not (tmp_path / "run" / "last.pt").exists()

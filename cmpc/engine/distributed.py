@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from cmpc.cli import one_line_reason
 from cmpc.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,30 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([float(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+@contextlib.contextmanager
+def fail_together(info: DistInfo) -> Iterator[None]:
+    """Every rank enters the block (whose work is often rank 0's alone: writing a checkpoint or a log); when it
+    raises on any rank, it raises on every rank, so that no rank waits forever at the next collective for a rank
+    that stopped (a full disk on rank 0 used to leave the others hanging in the next gradient all-reduce).
+
+    The failing rank raises its own exception; the others raise :class:`ConfigError` ``process R stopped the run:
+    <its one-line reason>``. One small all-gather per use under DDP; nothing in a single process. The block must not
+    itself call collectives (a rank that raised would skip them)."""
+    error = None
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - shared with the other ranks, then re-raised unchanged
+        if info.world_size == 1:
+            raise
+        error = err
+    reasons = gather_objects(None if error is None else one_line_reason(error), info)
+    if error is not None:
+        raise error
+    failed = next(((rank, reason) for rank, reason in enumerate(reasons) if reason is not None), None)
+    if failed is not None:
+        raise ConfigError(f"process {failed[0]} stopped the run: {failed[1]}")
 
 
 def average_across_ranks(values: torch.Tensor, info: DistInfo) -> torch.Tensor:

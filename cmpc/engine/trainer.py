@@ -33,6 +33,7 @@ from cmpc.engine.distributed import (
     barrier,
     cleanup,
     data_parallel,
+    fail_together,
     init_distributed,
     parameters_without_gradient,
     resolve_device,
@@ -215,15 +216,17 @@ def train(cfg, run_dir: str | Path) -> dict:
     meta = ckpt.provenance()
 
     def save(name: str) -> None:
-        """best.pt: what eval/predict need (:data:`ckpt.EVAL_KEYS`); last.pt: also what resuming needs."""
-        if info.is_main:
-            state = {"model": model.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
-                     "vocab": data.vocab.words, "caffe_layout": getattr(model.backbone, "caffe_layout", None),
-                     "meta": meta, "step": step, "best": best}
-            if name == "last.pt":
-                state.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), history=history,
-                             rng=ckpt.rng_state())
-            ckpt.atomic_save(state, run_dir / name)
+        """best.pt: what eval/predict need (:data:`ckpt.EVAL_KEYS`); last.pt: also what resuming needs. Rank 0
+        writes; a failed write (disk full) stops every rank (every rank must call it)."""
+        with fail_together(info):
+            if info.is_main:
+                state = {"model": model.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
+                         "vocab": data.vocab.words, "caffe_layout": getattr(model.backbone, "caffe_layout", None),
+                         "meta": meta, "step": step, "best": best}
+                if name == "last.pt":
+                    state.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), history=history,
+                                 rng=ckpt.rng_state())
+                ckpt.atomic_save(state, run_dir / name)
 
     def validate() -> dict:
         nonlocal best
@@ -231,12 +234,13 @@ def train(cfg, run_dir: str | Path) -> dict:
         result = evaluate(model, data.eval, device=device, info=info, batch_size=t.eval_batch_size,
                           num_workers=t.num_workers, amp=t.amp, video=data.video, desc=f"val@{step}")
         score = result["metrics"]["oIoU"]
-        if writer is not None:
-            for key, value in result["metrics"].items():
-                writer.add_scalar(f"val/{key}", value, step)
-            log_predictions(writer, model, data.eval, device, step)  # still in eval mode after evaluate()
-            tqdm.write(f"val@{step}: oIoU {score:.4f}  mIoU {result['metrics']['mIoU']:.4f}  "
-                       f"prec@0.5 {result['metrics']['prec@0.5']:.4f}")
+        with fail_together(info):
+            if writer is not None:
+                for key, value in result["metrics"].items():
+                    writer.add_scalar(f"val/{key}", value, step)
+                log_predictions(writer, model, data.eval, device, step)  # still in eval mode after evaluate()
+                tqdm.write(f"val@{step}: oIoU {score:.4f}  mIoU {result['metrics']['mIoU']:.4f}  "
+                           f"prec@0.5 {result['metrics']['prec@0.5']:.4f}")
         if score > best:
             best = score
             save("best.pt")
@@ -254,17 +258,20 @@ def train(cfg, run_dir: str | Path) -> dict:
     def flush_losses() -> None:
         rows = losses.flush(last_good)
         history.extend(row["loss"] for row in rows)
-        if info.is_main and rows:
-            rate = seen / max(time.perf_counter() - tick, 1e-9)
-            bar.set_postfix(loss=f"{history[-1]:.4f}", sent_per_s=f"{rate:.1f}")
-            for row in rows:
-                log_file.write(json.dumps(row) + "\n")
-            writer.add_scalar("train/loss", rows[-1]["loss"], step)
-            writer.add_scalar("train/lr", rows[-1]["lr"], step)
-            writer.add_scalar("train/sentences_per_s", rate, step)
-            for key, value in rows[-1].items():
-                if key.startswith("loss/"):
-                    writer.add_scalar(f"train/{key}", value, step)
+        if not rows:
+            return
+        with fail_together(info):  # a log write that fails on rank 0 (disk full) stops every rank
+            if info.is_main:
+                rate = seen / max(time.perf_counter() - tick, 1e-9)
+                bar.set_postfix(loss=f"{history[-1]:.4f}", sent_per_s=f"{rate:.1f}")
+                for row in rows:
+                    log_file.write(json.dumps(row) + "\n")
+                writer.add_scalar("train/loss", rows[-1]["loss"], step)
+                writer.add_scalar("train/lr", rows[-1]["lr"], step)
+                writer.add_scalar("train/sentences_per_s", rate, step)
+                for key, value in rows[-1].items():
+                    if key.startswith("loss/"):
+                        writer.add_scalar(f"train/{key}", value, step)
 
     for batch in itertools.chain([first] if first is not None else [], batches):
         if step >= stop:
