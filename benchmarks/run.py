@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--device auto|cpu|cuda] [--amp bf16|fp16] [--size 320] [--batch 8]
                              [--per-image 4] [--frames 5] [--repeats 3] [--sections train infer rar data video]
-                             [--compile] [--out benchmarks/results/cpu.md] [--tiny]
+                             [--compile] [--out benchmarks/results/cpu.md] [--tiny] [--rows N ...] [--rounds R]
 
 Sections (paper-size models: DeepLab-ResNet101, widths of paper 4.1.3, random weights):
 - train: CMPC-I training steps (forward, loss, backward, Adam) in sentences/s and peak memory for the
@@ -19,6 +19,9 @@ Sections (paper-size models: DeepLab-ResNet101, widths of paper 4.1.3, random we
 Every row runs in its own process (peak memory is its own: CUDA allocator peak, or the CPU process's peak
 resident set), takes one warm-up step, then reports the median of ``--repeats`` timed steps, so that the
 ratios between rows of one run hold on a noisy machine. ``--tiny`` uses tiny widths (a smoke test).
+On a machine shared with other jobs, ``--rounds R`` runs the rows in turn R times (A, B, A, B, ...) so that every
+row meets the same changes of load, reports each row's median over the rounds and, per round, its figure and the
+1-minute load average when it started; ``--rows`` picks rows by their number in the full report (1 = first).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -208,12 +213,22 @@ def rows_to_run(args, device: str) -> list[dict]:
 
 
 def child(payload: dict, args) -> dict:
-    """Run one measurement in a fresh process (its own peak memory)."""
+    """Run one measurement in a fresh process (its own peak memory); ``load`` is the 1-minute load average of the
+    machine when it started."""
     command = [sys.executable, __file__, "--child", json.dumps(payload), *args.argv]
+    load = os.getloadavg()[0]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"benchmark row {payload.get('name', payload)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "load": load}
+
+
+def over_rounds(runs: list[dict]) -> dict:
+    """One row measured in several rounds: the median step time (and the rate from it), the largest peak memory,
+    and ``rounds``: each round's sentences/s and the load average when it started."""
+    s = statistics.median(r["s"] for r in runs)
+    return {**runs[0], "s": s, "sentences_per_s": runs[0]["batch"] / s, "peak_mb": max(r["peak_mb"] for r in runs),
+            "rounds": [(r["sentences_per_s"], r["load"]) for r in runs]}
 
 
 def report(rows: list[dict], rar_rows: list[dict], args, device: str) -> str:
@@ -222,9 +237,12 @@ def report(rows: list[dict], rar_rows: list[dict], args, device: str) -> str:
         cpu = torch.cuda.get_device_name(torch.device(device))
     lines = [f"# cmpc benchmarks ({datetime.date.today()})", "",
              f"`python benchmarks/run.py {' '.join(args.argv)}`", "",
-             f"device {device} ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-             f"input {args.size}x{args.size}, median of {args.repeats} steps after one warm-up step"
+             f"device {device} ({cpu}, ATen {torch.backends.cpu.get_cpu_capability()}, oneDNN ISA limit "
+             f"{os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}), torch {torch.__version__}, "
+             f"{torch.get_num_threads()} CPU threads, input {args.size}x{args.size}, median of {args.repeats} steps "
+             f"after one warm-up step" + (f", median of {args.rounds} interleaved rounds" if args.rounds > 1 else "")
              + (" (TINY widths: smoke test, not the paper model)" if args.tiny else ""), ""]
+    per_round = args.rounds > 1
     titles = {("train", "train"): "CMPC-I training", ("infer", "infer"): "CMPC-I inference",
               ("crf", "crf"): f"DenseCRF refinement at {args.size}x{args.size} (official parameters)",
               ("video", "train"): f"CMPC-V training, K={args.frames}",
@@ -235,11 +253,14 @@ def report(rows: list[dict], rar_rows: list[dict], args, device: str) -> str:
             continue
         first = part[0]["sentences_per_s"]
         lines += [f"## {title}", "",
-                  "| configuration | batch | ms / step | sentences/s | vs first row | peak memory (MiB) |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "| configuration | batch | ms / step | sentences/s | vs first row | peak memory (MiB) |"
+                  + (" sentences/s per round (1-min load at its start) |" if per_round else ""),
+                  "|---|---:|---:|---:|---:|---:|" + ("---|" if per_round else "")]
         for r in part:
+            rounds = ", ".join(f"{rate:.2f} ({load:.1f})" for rate, load in r.get("rounds", []))
             lines.append(f"| {r['name']} | {r['batch']} | {1000 * r['s']:.0f} | {r['sentences_per_s']:.2f} | "
-                         f"{r['sentences_per_s'] / first:.2f}x | {r['peak_mb']:.0f} |")
+                         f"{r['sentences_per_s'] / first:.2f}x | {r['peak_mb']:.0f} |" + (f" {rounds} |" if per_round
+                                                                                         else ""))
         lines.append("")
     data = next((r for r in rows if r["section"] == "data"), None)
     train = [r for r in rows if r["section"] == "train"]
@@ -268,6 +289,8 @@ def main() -> None:
                         choices=["train", "infer", "rar", "data", "video"])
     parser.add_argument("--compile", action="store_true", help="add a torch.compile training row")
     parser.add_argument("--tiny", action="store_true", help="tiny widths and sizes: check that the suite runs")
+    parser.add_argument("--rows", type=int, nargs="+", help="only these rows, by number in the full report (1 = first)")
+    parser.add_argument("--rounds", type=int, default=1, help="run the rows in turn this many times (A, B, A, B)")
     parser.add_argument("--out", default=None, help="also write the markdown report here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -281,10 +304,18 @@ def main() -> None:
     from cmpc.engine.distributed import resolve_device
 
     device = str(resolve_device(args.device))
-    rows = []
-    for row in rows_to_run(args, device):
-        rows.append(child(row, args))
-        print(f"{row['section']:6s} {row['name']}: {rows[-1]['sentences_per_s']:.2f} sentences/s", flush=True)
+    plan = rows_to_run(args, device)
+    if args.rows:
+        if not all(1 <= n <= len(plan) for n in args.rows):
+            parser.error(f"--rows: these sections have rows 1-{len(plan)}")
+        plan = [plan[n - 1] for n in args.rows]
+    runs = [[] for _ in plan]
+    for round_ in range(args.rounds):
+        for row, measured in zip(plan, runs):
+            measured.append(child(row, args))
+            print(f"{row['section']:6s} {row['name']} (round {round_ + 1}, load {measured[-1]['load']:.1f}): "
+                  f"{measured[-1]['sentences_per_s']:.2f} sentences/s", flush=True)
+    rows = [over_rounds(measured) for measured in runs]
     if "data" in args.sections:
         rows.append(child({"section": "data"}, args))
     rar_rows = []

@@ -133,6 +133,42 @@ def test_training_forward_compiles_to_one_graph():
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
+COMPILED_GROUPED = """
+import json, sys
+import torch
+from test_training import compose_cfg, tiny_overrides
+from cmpc.engine.trainer import train
+
+data, out = sys.argv[1:3]
+histories = {}
+for compiled in (False, True):
+    extra = [f"trainer.compile={compiled}", "trainer.group_by_image=true",
+             "dataset.generate.expressions_per_image=[1,6]"]
+    cfg = compose_cfg(tiny_overrides(data, steps=5, extra=extra))
+    histories[compiled] = train(cfg, f"{out}/{compiled}")["history"]
+print(json.dumps({"eager": histories[False], "compiled": histories[True],
+                  "graphs": torch._dynamo.utils.counters["stats"]["unique_graphs"]}))
+"""
+TESTS_PATH = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}  # the helpers of test_training
+MALLOC_DEBUG = "/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"
+
+
+@pytest.mark.slow
+def test_compiled_grouped_training_matches_eager_under_heap_checks(tmp_path):
+    """trainer.compile with grouped batches (images of 1-6 sentences in batches of 4: 1 to 4 images a step, both of
+    the graphs a run compiles), under glibc's heap checks where the machine has them: on 2026-11-29 this combination
+    aborted with heap corruption on this CPU (docs/performance.md). Costs ~30 s with a warm inductor cache, 2-3 min
+    on its first run on a machine (compiling)."""
+    checks = {"LD_PRELOAD": MALLOC_DEBUG, "MALLOC_CHECK_": "3"} if os.path.exists(MALLOC_DEBUG) else {}
+    done = subprocess.run([sys.executable, "-c", COMPILED_GROUPED, str(tmp_path / "data"), str(tmp_path)], cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **checks, **TESTS_PATH}, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["graphs"] == 2, result  # one image (specialised) and every other image count
+    assert result["compiled"] == pytest.approx(result["eager"], rel=1e-4)
+
+
 def test_a_non_finite_loss_stops_with_the_step_parts_and_last_good_checkpoint(tmp_path, monkeypatch):
     from test_training import compose_cfg, tiny_overrides
 
@@ -189,7 +225,7 @@ def test_a_checkpoint_rank_0_cannot_write_stops_every_rank_with_one_line(tmp_pat
     script = tmp_path / "full_disk.py"
     script.write_text(FULL_DISK_RANK0)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "WORLD_SIZE": "2", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+           "WORLD_SIZE": "2", **TESTS_PATH}
     ranks = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "data"), str(tmp_path / "run"), *extra],
                               cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for r in range(2)]
