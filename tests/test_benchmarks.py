@@ -28,6 +28,20 @@ def test_benchmark_suite_writes_a_table_for_every_row(tmp_path):
     assert "+ grouped backbone (4 sentences, 2 images)" in text and "DenseCRF of 4 maps, process pool" in text
 
 
+def test_interleaved_rounds_report_each_rows_median_and_every_round():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from run import over_rounds
+
+    runs = [{"name": "A", "batch": 8, "s": s, "sentences_per_s": 8 / s, "peak_mb": mb, "load": load}
+            for s, mb, load in ((2.0, 100, 1.5), (8.0, 300, 6.0), (4.0, 200, 3.0))]
+    row = over_rounds(runs)
+    assert (row["s"], row["sentences_per_s"], row["peak_mb"]) == (4.0, 2.0, 300)
+    assert row["rounds"] == [(4.0, 1.5), (1.0, 6.0), (2.0, 3.0)]  # in the order measured, with their loads
+    done = subprocess.run([sys.executable, "benchmarks/run.py", "--sections", "train", "--rows", "6"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--rows: these sections have rows 1-5" in done.stderr
+
+
 def test_rar_toy_scenes_need_the_landmark():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import numpy as np
