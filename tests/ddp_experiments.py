@@ -29,7 +29,7 @@ from cmpc.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.visual_dim=8", "model.word_dim=8", "model.embed_dim=8", "model.dim=8", "model.out_dim=8",
-        "model.word_classifier_dim=4", "model.convlstm_hidden=8", "backbone.widths=[4,4,8,8]",
+        "model.word_classifier_dim=4", "model.convlstm_hidden=8", "backbone=small", "backbone.widths=[4,4,8,8]",
         "backbone.blocks=[1,1,1,1]", "trainer.num_workers=0", "device=cpu"]
 VOCAB, SIZE, FRAMES = 20, 32, 3
 

@@ -9,8 +9,8 @@ from cmpc.data import Vocabulary
 from cmpc.engine.builders import build_model_for
 
 TINY = ["model.visual_dim=16", "model.word_dim=16", "model.dim=16", "model.out_dim=16", "model.word_classifier_dim=8",
-        "model.convlstm_hidden=16", "model.tgfe_rounds=1", "backbone.widths=[8,16,16,16]", "dataset.input_size=64",
-        "model.glove=false", "device=cpu"]
+        "model.convlstm_hidden=16", "model.tgfe_rounds=1", "backbone=small", "backbone.widths=[8,16,16,16]",
+        "dataset.input_size=64", "model.glove=false", "device=cpu"]
 WORDS = "the a red blue green circle square triangle left right of above below big small ball moving".split()
 
 

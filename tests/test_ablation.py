@@ -137,7 +137,7 @@ TINY_RUN = [
     "device=cpu", "dataset.generate.splits={train: 6, val: 3, test: 3}", "trainer.steps=2", "trainer.batch_size=4",
     "trainer.num_workers=0", "trainer.eval_every=0", "trainer.eval_batch_size=8", "model.visual_dim=16",
     "model.word_dim=16", "model.dim=16", "model.out_dim=16", "model.word_classifier_dim=8",
-    "model.convlstm_hidden=16", "backbone.widths=[8,16,16,16]",
+    "model.convlstm_hidden=16", "backbone=small", "backbone.widths=[8,16,16,16]",
 ]
 
 

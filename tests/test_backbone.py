@@ -212,8 +212,76 @@ def test_small_resnet_frozen():
 
 
 def test_small_resnet_missing_weights_say_how_to_make_them(tmp_path):
-    with pytest.raises(ConfigError, match="dataset=synthetic_entities"):
+    with pytest.raises(ConfigError, match="scripts/export_backbone.py"):
         SmallResNet(weights=str(tmp_path / "missing.pt"), frozen=True)
+
+
+def test_the_shipped_synthetic_backbone_fits_todays_configs_and_says_how_it_was_made():
+    """backbone.weights=synthetic: every tensor of the default small backbone, finite, pretrained (not the random
+    init), and made from today's pretraining set (dataset=synthetic_entities, same generator version): a change of
+    either makes the shipped file stale, and this test says to regenerate it."""
+    from hydra import compose, initialize_config_dir
+
+    from cmpc.data.synthetic import GENERATOR_VERSION
+    from cmpc.models.backbone import SYNTHETIC_WEIGHTS
+
+    with initialize_config_dir(config_dir=str(CONFIGS.parent), version_base="1.3"):
+        main_job = compose("train")
+        pretraining = compose("train", overrides=["dataset=synthetic_entities"])
+    assert main_job.backbone.weights == "synthetic" and main_job.backbone.frozen and main_job.backbone.frozen_bn
+    shipped = torch.load(SYNTHETIC_WEIGHTS, weights_only=True)
+    meta, weights = shipped["meta"], shipped["model"]
+    widths = tuple(main_job.backbone.widths)
+    random_init = SmallResNet(widths=widths).state_dict()
+    assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in random_init.items()}
+    assert all(torch.isfinite(v.float()).all() for v in weights.values())
+    assert all((v > 0).all() for k, v in weights.items() if k.endswith("running_var"))
+    assert not torch.equal(weights["stem.1.running_mean"], random_init["stem.1.running_mean"])  # trained BN stats
+    stale = "stale: regenerate it with the two commands in scripts/export_backbone.py"
+    assert "dataset=synthetic_entities" in meta["overrides"], stale
+    assert meta["backbone"]["widths"] == list(widths) and meta["backbone"]["name"] == "small", stale
+    assert meta["generator_version"] == GENERATOR_VERSION, stale
+    assert meta["dataset"]["generate"] == OmegaConf.to_container(pretraining.dataset.generate), stale
+    assert meta["dataset"]["input_size"] == main_job.dataset.input_size, stale
+    assert meta["test"]["by_kind"]["entity"]["oIoU"] > 0.6  # what the pretraining reached on its own test split
+    loaded = SmallResNet(widths=widths, weights="synthetic", frozen=True, frozen_bn=True).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in weights.items())
+    with pytest.raises(ConfigError, match="match only"):  # the shipped file is for exactly these widths
+        SmallResNet(widths=(8, 16, 16, 16), weights="synthetic")
+
+
+def test_export_backbone_writes_the_backbone_of_a_training_run(tmp_path):
+    """scripts/export_backbone.py on a tiny train.py run: the file loads as backbone.weights and holds exactly the
+    run's backbone tensors and its overrides; a checkpoint that is not a train.py run is one error line."""
+    import os
+    import subprocess
+    import sys
+
+    root = CONFIGS.parents[1]
+    tiny = ["dataset=synthetic_entities", f"paths.data={tmp_path / 'data'}", "device=cpu",
+            "dataset.generate.splits={train: 4, val: 2, test: 2}", "trainer.steps=2", "trainer.batch_size=2",
+            "trainer.num_workers=0", "trainer.eval_every=0", "model.visual_dim=8", "model.word_dim=8",
+            "model.dim=8", "model.out_dim=8", "model.word_classifier_dim=4", "model.convlstm_hidden=8",
+            "backbone.widths=[8,8,16,16]", f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "scripts/train.py", *tiny], cwd=root, capture_output=True, text=True,
+                         env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = tmp_path / "small.pt"
+    export = subprocess.run([sys.executable, "scripts/export_backbone.py", str(tmp_path / "run" / "best.pt"), str(out)],
+                            cwd=root, capture_output=True, text=True, env=env)
+    assert export.returncode == 0, export.stderr[-2000:]
+    trained = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
+    exported = torch.load(out, weights_only=True)
+    assert exported["meta"]["overrides"] == tiny[:-1] and exported["meta"]["step"] == 2
+    backbone = {k[len("backbone."):]: v for k, v in trained.items() if k.startswith("backbone.")}
+    assert exported["model"].keys() == backbone.keys()
+    net = SmallResNet(widths=(8, 8, 16, 16), weights=str(out)).state_dict()
+    assert all(torch.equal(net[k], v) for k, v in backbone.items())
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    bad = subprocess.run([sys.executable, "scripts/export_backbone.py", str(tmp_path / "junk.pt"), str(out)],
+                         cwd=root, capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------------------- I3D

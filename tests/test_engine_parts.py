@@ -123,3 +123,15 @@ def test_deterministic_kernels_switch_torch_and_cublas_and_back(monkeypatch):
         assert not torch.are_deterministic_algorithms_enabled() and torch.utils.deterministic.fill_uninitialized_memory
     finally:
         deterministic_kernels(before)
+
+
+def test_sweep_job_folders_fit_every_file_system():
+    from cmpc.engine.rundir import job_subdir
+
+    assert job_subdir(3, "seed=1,trainer.lr=0.001") == "3_seed=1,trainer.lr=0.001"
+    assert job_subdir(0, "") == "0"
+    assert job_subdir(1, "paths.data=/tmp/x/y") == "1_paths.data=_tmp_x_y"  # one folder, not a nested tree
+    long_a, long_b = "model.x=" + "a" * 300 + ",seed=1", "model.x=" + "a" * 300 + ",seed=2"
+    a, b = job_subdir(2, long_a), job_subdir(2, long_b)
+    assert len(a.encode()) == 200 and a != b and a[:-9] == b[:-9]  # cut, told apart by the hash of the whole name
+    assert len(job_subdir(5, "é" * 300).encode()) <= 200  # never cuts a character in half

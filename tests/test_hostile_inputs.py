@@ -448,6 +448,8 @@ def _train_cfg(**trainer):
     ("trainer.log_every", 0, "trainer.log_every=0 is out of range: it must be an integer >= 1"),
     ("trainer.amp", "fp8", "trainer.amp='fp8' is unknown: use one of off, bf16, fp16"),
     ("device", "gpu", "device='gpu' is not a device: use auto, cpu, cuda or cuda:N"),
+    ("seed", -1, "seed=-1 is out of range: it must be an integer from 0 to 2**32 - 1"),
+    ("seed", 2**32, "seed=4294967296 is out of range: it must be an integer from 0 to 2**32 - 1"),
 ])
 def test_bad_config_values_give_one_line(key, value, message):
     with pytest.raises(ConfigError) as e:

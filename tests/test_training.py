@@ -17,7 +17,7 @@ from cmpc.engine.trainer import train
 TINY_MODEL = [
     "model.visual_dim=16", "model.word_dim=16", "model.dim=16", "model.out_dim=16",
     "model.word_classifier_dim=8", "model.convlstm_hidden=16", "model.tgfe_rounds=1",
-    "backbone.widths=[8,16,16,16]",
+    "backbone=small", "backbone.widths=[8,16,16,16]",
 ]
 
 

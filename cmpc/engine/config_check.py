@@ -101,8 +101,8 @@ def check_batch_splits(batch_size: int, processes: int) -> None:
 
 
 def check_train_config(cfg) -> None:
-    """The trainer keys (:data:`TRAINER_RULES`), ``trainer.amp``, that the global batch splits over the processes
-    (:func:`check_batch_splits`), ``device`` and the dataset root."""
+    """The trainer keys (:data:`TRAINER_RULES`), ``trainer.amp``, ``seed``, that the global batch splits over the
+    processes (:func:`check_batch_splits`), ``device`` and the dataset root."""
     for name, (kind, lowest, allowed) in TRAINER_RULES.items():
         _check_value(f"trainer.{name}", _get(cfg, f"trainer.{name}"), kind, lowest, allowed)
     for name, (kind, lowest, allowed) in OPTIONAL_TRAINER_RULES.items():
@@ -113,6 +113,10 @@ def check_train_config(cfg) -> None:
         value = _get(cfg, key)
         if value is not None and str(value) not in choices:
             raise ConfigError(f"{key}={value!r} is unknown: use one of {', '.join(choices)}")
+    seed, allowed = _get(cfg, "seed"), "an integer from 0 to 2**32 - 1 (numpy's seed range)"
+    _check_value("seed", seed, "int", 0, allowed)
+    if seed > 2**32 - 1:
+        raise ConfigError(f"seed={seed} is out of range: it must be {allowed}")
     check_batch_splits(cfg.trainer.batch_size, process_count())
     check_device(cfg)
     check_dataset_root(cfg.dataset)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 from datetime import timedelta
@@ -78,13 +79,27 @@ def config_subdir(run_dir: str, resume) -> str:
     return ".hydra"
 
 
+def job_subdir(number, overrides, limit: int = 200) -> str:
+    """A sweep job's folder name ``<number>_<overrides>`` that every file system accepts: ``/`` in override values
+    (paths) becomes ``_`` (one folder per job, not a nested tree), and a name longer than ``limit`` bytes (file
+    names stop at 255) is cut and ends with 8 hex digits of the full name's SHA-1, so that jobs stay distinct."""
+    name = f"{number}_{overrides}".replace("/", "_") if str(overrides) else str(number)
+    data = name.encode()
+    if len(data) <= limit:
+        return name
+    digest = hashlib.sha1(data).hexdigest()[:8]
+    return data[: limit - 9].decode(errors="ignore") + "_" + digest
+
+
 def register_resolver() -> None:
-    """Register ``${cmpc_run_dir:PARENT,NAME}`` (cached so that Hydra's repeated reads claim one directory) and
-    ``${cmpc_config_subdir:RUN_DIR,RESUME}``. Their errors are one line (Hydra resolves them before main runs)."""
+    """Register ``${cmpc_run_dir:PARENT,NAME}`` (cached so that Hydra's repeated reads claim one directory),
+    ``${cmpc_config_subdir:RUN_DIR,RESUME}`` and ``${cmpc_job_subdir:NUMBER,OVERRIDES}`` (:func:`job_subdir`).
+    Their errors are one line (Hydra resolves them before main runs)."""
     if not OmegaConf.has_resolver("cmpc_run_dir"):
         resolve = friendly_errors(lambda parent, name: agreed_run_dir(str(parent), str(name)))
         OmegaConf.register_new_resolver("cmpc_run_dir", resolve, use_cache=True)
         OmegaConf.register_new_resolver("cmpc_config_subdir", friendly_errors(config_subdir))
+        OmegaConf.register_new_resolver("cmpc_job_subdir", job_subdir)
 
 
 class RunDirLock:

@@ -29,6 +29,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,10 @@ from cmpc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# The small backbone pretrained on the synthetic entity/attribute set (backbone.weights=synthetic), shipped with
+# the package: regenerate it with the two commands in scripts/export_backbone.py (its meta records how it was made).
+SYNTHETIC_WEIGHTS = Path(__file__).resolve().parent / "weights" / "small_synthetic.pt"
+
 __all__ = [
     "Backbone",
     "DeepLabResNet",
@@ -45,6 +50,7 @@ __all__ = [
     "I3D",
     "build_backbone",
     "caffe_to_torchvision_key",
+    "SYNTHETIC_WEIGHTS",
     "BACKBONES",
 ]
 
@@ -359,8 +365,10 @@ class SmallResNet(Backbone):
     Stem: 3x3 conv stride 2 + 3x3 max-pool stride 2 (stride 4); layer1 at stride 4; layer2 stride 2
     (Res3, stride 8); layer3/layer4 dilated 2/4 at stride 8 (Res4, Res5).
     ``out_channels = (widths[1], widths[2], widths[3])``.
-    ``weights``: ``None`` (random init, trained from scratch) or a path to a ``train.py`` checkpoint
-    or a plain state dict; ``backbone.``/``module.`` prefixes are stripped, other tensors ignored.
+    ``weights``: ``None`` (random init, trained from scratch), ``"synthetic"`` (the shipped
+    :data:`SYNTHETIC_WEIGHTS`, pretrained on the synthetic entity/attribute set for widths (16, 32, 64, 128)),
+    or a path to a ``train.py`` checkpoint or a plain state dict; ``backbone.``/``module.`` prefixes are
+    stripped, other tensors ignored. Raises ConfigError if the file is missing or does not fit ``widths``.
     """
 
     def __init__(
@@ -400,12 +408,14 @@ class SmallResNet(Backbone):
         self.out_channels = (widths[1], widths[2], widths[3])
         self.spatial_strides = (output_stride,) * 3
         self.stride = output_stride
+        shipped = str(weights).lower() == "synthetic"  # made for exactly this architecture: all tensors must fit
+        if shipped:
+            weights = SYNTHETIC_WEIGHTS
         if weights is not None:
-            state = _read_checkpoint(str(weights), "pretrain the small backbone first (python scripts/train.py "
-                                     "dataset=synthetic_entities hydra.run.dir=...; docs/synthetic.md) "
-                                     "or set backbone.weights")
+            state = _read_checkpoint(str(weights), "pretrain and export a small backbone (the commands "
+                                     "are in scripts/export_backbone.py) or set backbone.weights")
             _load_matched(self, state, str(weights), lambda key: _strip_prefixes(key, ("module.", "backbone.")),
-                          "SmallResNet")
+                          "SmallResNet", min_fraction=1.0 if shipped else 0.9)
         elif frozen:
             _log_random("SmallResNet")
         self._finish()
