@@ -322,6 +322,23 @@ def test_resolver_semantics_and_ambiguity():
     assert syn.resolve(between, expr) == {2}
 
 
+def test_shortcut_chance_of_each_kind():
+    """What answering without the landmark (relations) or the position words (locations) gives: the location phrase
+    of a directional relation is right (1) or a decoy's (0); near/between and locations pick a look-alike at random."""
+    P, E = syn.Phrase, syn.Expression
+    scene = syn.Scene(128, [_obj("circle", 20, 60), _obj("circle", 100, 60), _obj("square", 60, 62, colour="blue")])
+    assert syn.shortcut_chance(scene, E(P("circle"), relation="right", landmarks=(P("square"),))) == 1.0
+    decoy = syn.Scene(128, [_obj("circle", 40, 64), _obj("circle", 20, 15), _obj("square", 64, 64)])
+    assert syn.shortcut_chance(decoy, E(P("circle"), relation="left", landmarks=(P("square"),))) == 0.0
+    three = syn.Scene(128, [_obj("star", 20, 64), _obj("square", 100, 64), _obj("circle", 60, 66),
+                            _obj("circle", 60, 120), _obj("circle", 10, 10, colour="blue")])
+    between = E(P("circle", "red"), relation="between", landmarks=(P("star"), P("square")))
+    assert syn.shortcut_chance(three, between) == 0.5  # two red circles: the blue one does not match
+    assert syn.shortcut_chance(three, E(P("circle"), location=("bottom",))) == pytest.approx(1 / 3)
+    assert syn.shortcut_chance(three, E(P("star"))) is None  # entity/attribute: no shortcut
+    assert syn.shortcut_chance(three, E(P("circle", "blue"))) is None
+
+
 def test_motion_labels():
     def lab(cs):
         return syn.motion_label(_obj("circle", 0, 0, centres=cs), 128)

@@ -243,6 +243,13 @@ def test_the_same_command_twice_prints_the_same_table_and_trains_the_same_weight
                           f"word types: {(tmp_path / 'a' / 'word_types.png').resolve()}"]
     assert (tmp_path / "a" / "predictions.png").is_file() and (tmp_path / "a" / "word_types.png").is_file()
     assert "oIoU" in out["a"] and out["a"].replace("/a/", "/b/") == out["b"]  # the same tables, pictures named
+    shortcut = json.loads((tmp_path / "a" / "metrics.json").read_text())["test"]["shortcut"]
+    row = next(line for line in lines if line.startswith("| shortcut prec@0.5 |"))  # beside the kinds it concerns
+    header = next(line for line in lines if line.startswith("| metric | attribute"))
+    cells = dict(zip(header.strip("|").split("|")[1:], row.strip("|").split("|")[1:]))
+    assert {k.strip(): v.strip() for k, v in cells.items() if v.strip()} == {k: f"{100 * v:.2f}" for k, v in
+                                                                             shortcut.items()}
+    assert set(shortcut) <= {"relation", "location"}
 
     def run(name):
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())

@@ -369,3 +369,17 @@ class SyntheticImageDataset(ReferDataset):
 
     name, ANCHOR, REFER_DATASET, SPLIT_BY = "synthetic", "synthetic", "synthetic", "unc"
     IMAGE_DIR = "images/synthetic"
+
+    def shortcut_precision(self) -> dict[str, float]:
+        """``{kind: prec@0.5 as a fraction}`` that answers skipping what the kind needs reach with perfect masks, for
+        the kinds that have such a shortcut (relation: the location phrase, location: a random look-alike; see
+        :func:`cmpc.data.synthetic.shortcut_chance`). Reads ``scenes.json``; no image is decoded."""
+        from cmpc.data.synthetic import load_image_scenes, parse_expression, shortcut_chance
+
+        scenes, chances = load_image_scenes(self.root), {}
+        for ref_idx, text, _ in self.items:
+            ref = self.refs[ref_idx]
+            chance = shortcut_chance(scenes[ref["image_id"]], parse_expression(text))
+            if chance is not None:
+                chances.setdefault(ref["kind"], []).append(chance)
+        return {kind: sum(c) / len(c) for kind, c in sorted(chances.items())}

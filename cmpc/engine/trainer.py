@@ -53,6 +53,18 @@ from cmpc.models.loss import referring_loss
 log = logging.getLogger(__name__)
 
 
+def with_shortcuts(test: dict, dataset) -> dict:
+    """``test["by_kind"]`` with a last row ``shortcut prec@0.5`` under the kinds that have a shortcut answer (the
+    synthetic benchmark's relation and location, :meth:`SyntheticImageDataset.shortcut_precision`; stored in
+    ``test["shortcut"]``): the model is grounding those kinds only where it beats that row."""
+    shortcut = getattr(dataset, "shortcut_precision", None)
+    if shortcut is None:
+        return test["by_kind"]
+    test["shortcut"] = shortcut()
+    return {kind: {**m, **({"shortcut prec@0.5": test["shortcut"][kind]} if kind in test["shortcut"] else {})}
+            for kind, m in test["by_kind"].items()}
+
+
 def _wants_resume(resume) -> bool:
     return resume not in (False, None, "false", "False")
 
@@ -325,7 +337,7 @@ def train(cfg, run_dir: str | Path) -> dict:
                 title = f"{cfg.dataset.name} {split} ({cfg.model.name}, best.pt)"
                 print(format_table(test["metrics"], title=title))
                 if test["by_kind"]:
-                    print(format_table(test["by_kind"], title="by expression kind"))
+                    print(format_table(with_shortcuts(test, data.test), title="by expression kind"))
                 for key, value in test["metrics"].items():
                     writer.add_scalar(f"test/{key}", value, step)
                 clock = time.perf_counter()

@@ -50,7 +50,7 @@ from cmpc.errors import ConfigError, DatasetError
 
 from .output import GENERATOR_VERSION, IMAGE_DEFAULTS, MARKER, STAMP, VIDEO_DEFAULTS
 from .refer_writer import ensure_image_benchmark, generate_image_benchmark
-from .resolver import kind_is_valid, motion_label, relation_status, relation_subkind, resolve
+from .resolver import kind_is_valid, motion_label, relation_status, relation_subkind, resolve, shortcut_chance
 from .samples import ImageSample, VideoSample, generate_image_sample, generate_video_sample
 from .scene import (
                     BETWEEN_D_FALSE,
@@ -103,6 +103,7 @@ __all__ = [
     "GENERATOR_VERSION", "SHAPES", "COLOURS", "SIZES", "KINDS", "MOTIONS", "RELATIONS", "LOCATIONS",
     "Phrase", "Expression", "SceneObject", "Scene", "ImageSample", "VideoSample",
     "clean_sentence", "realize", "parse_expression", "resolve", "kind_is_valid", "relation_subkind",
+    "shortcut_chance",
     "generate_image_sample", "generate_video_sample",
     "generate_image_benchmark", "generate_video_benchmark", "ensure_image_benchmark", "ensure_video_benchmark",
     "scene_from_json", "load_image_scenes", "load_video_scenes", "benchmark_statistics", "format_statistics",

@@ -206,6 +206,25 @@ def relation_subkind(scene: Scene, expr: Expression) -> str:
     return "shortcut" if shortcut == resolve(scene, expr) else "decoy"
 
 
+def shortcut_chance(scene: Scene, expr: Expression) -> float | None:
+    """Chance (0-1) that the best answer which skips what the expression's kind needs picks its target.
+
+    - Relation, left/right/above/below: the location phrase of that direction, without the landmark ("the circle
+      left of the blue square" -> "the leftmost circle"): 1 if that picks the target (:func:`relation_subkind`
+      ``"shortcut"``), else 0 (a decoy twin lies further in that direction).
+    - Relation, next to / between, and location: one of the noun phrase's matches at random ("the circle", the
+      landmark or the position words ignored): 1 / their number.
+    - Other kinds (entity, attribute, action, negative): ``None`` (no such shortcut).
+    With perfect masks the objects never overlap, so this is also the shortcut's prec@0.5 (docs/synthetic.md).
+    """
+    if expr.relation is not None and expr.relation in _AXIS_LOCATION:
+        return 1.0 if relation_subkind(scene, expr) == "shortcut" else 0.0
+    if expr.relation is None and expr.location is None:
+        return None
+    look_alikes = sum(1 for o in scene.objects if _matches(o, expr.target))
+    return 1.0 / look_alikes if look_alikes else 0.0
+
+
 def kind_is_valid(scene: Scene, expr: Expression, kind: str, target) -> bool:
     """Whether ``expr`` refers to exactly ``target`` (index; None for negatives) AND needs what ``kind`` says.
 
