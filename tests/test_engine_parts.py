@@ -135,3 +135,25 @@ def test_sweep_job_folders_fit_every_file_system():
     a, b = job_subdir(2, long_a), job_subdir(2, long_b)
     assert len(a.encode()) == 200 and a != b and a[:-9] == b[:-9]  # cut, told apart by the hash of the whole name
     assert len(job_subdir(5, "é" * 300).encode()) <= 200  # never cuts a character in half
+
+
+def test_training_flushes_denormal_floats_and_restores_the_mode(monkeypatch):
+    """Denormals made CPU training steps 2.4x slower after ~1500 steps of the main job: train() flushes them to zero
+    while it runs and restores the caller's mode afterwards, also when it fails."""
+    import cmpc.engine.trainer as trainer
+    from cmpc.engine.precision import denormals_flushed
+
+    seen = []
+
+    def body(cfg, run_dir):
+        seen.append(denormals_flushed())
+        if cfg == "fail":
+            raise RuntimeError("stopped")
+        return {}
+
+    monkeypatch.setattr(trainer, "_train", body)
+    assert not denormals_flushed()
+    assert trainer.train("ok", "run") == {} and seen == [True] and not denormals_flushed()
+    with pytest.raises(RuntimeError):
+        trainer.train("fail", "run")
+    assert seen == [True, True] and not denormals_flushed()

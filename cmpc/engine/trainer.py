@@ -41,7 +41,7 @@ from cmpc.engine.distributed import (
 from cmpc.engine.environment import record_environment
 from cmpc.engine.evaluate import evaluate, model_inputs
 from cmpc.engine.optim import build_optimizer, learning_rate, set_learning_rate
-from cmpc.engine.precision import autocast, needs_grad_scaler
+from cmpc.engine.precision import autocast, flush_denormals, needs_grad_scaler
 from cmpc.engine.report_pictures import log_predictions, write_report_pictures
 from cmpc.engine.rundir import open_run_dir, truncate_log
 from cmpc.engine.sampler import StepBatchSampler, group_indices
@@ -157,7 +157,15 @@ class LossLog:
 
 
 def train(cfg, run_dir: str | Path) -> dict:
-    """Train, evaluate and return ``{"val": ..., "test": ..., "history": [...], "timing": {...}}``.
+    """Train, evaluate and return ``{"val": ..., "test": ..., "history": [...], "timing": {...}}`` (see
+    :func:`_train`), with denormal floats flushed to zero meanwhile (:func:`cmpc.engine.precision.flush_denormals`:
+    on a CPU, denormals made the main job's steps 2.4 times slower after some 1500 steps)."""
+    with flush_denormals():
+        return _train(cfg, run_dir)
+
+
+def _train(cfg, run_dir: str | Path) -> dict:
+    """The body of :func:`train`.
 
     ``timing`` (also in metrics.json), wall seconds of this process (a resumed run counts from its resume):
     ``data_s`` building the datasets (generating the synthetic benchmark on first use, indexing, vocabulary,
