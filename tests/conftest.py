@@ -17,3 +17,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+MALLOC_DEBUG = "/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"
+
+
+def heap_checks() -> dict[str, str]:
+    """Environment for a child process that runs under glibc's heap checks (each free and malloc verifies the
+    chunk it touches, so an out-of-bounds write aborts near its cause), where the machine has them."""
+    return {"LD_PRELOAD": MALLOC_DEBUG, "MALLOC_CHECK_": "3"} if os.path.exists(MALLOC_DEBUG) else {}

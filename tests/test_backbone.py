@@ -1,15 +1,26 @@
 """Tests of cmpc.models.backbone: level shapes, freezing, checkpoint loading and the factory."""
 
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, heap_checks
 from omegaconf import OmegaConf
 
 from cmpc.errors import ConfigError
-from cmpc.models.backbone import I3D, DeepLabResNet, SmallResNet, build_backbone, caffe_to_torchvision_key
+from cmpc.models.backbone import (
+    I3D,
+    DeepLabResNet,
+    SmallResNet,
+    SubsampledPointwiseConv,
+    build_backbone,
+    caffe_to_torchvision_key,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "backbone"
 
@@ -201,6 +212,47 @@ def test_small_resnet_shapes_and_gradients():
     sum(f.square().mean() for f in feats).backward()
     for name, p in net.named_parameters():
         assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+STRIDED_POINTWISE_PROBE = """
+import torch
+from cmpc.models.backbone import SmallResNet
+torch.manual_seed(0)
+net = SmallResNet(widths=(4, 8, 8, 8)).train()
+reference = SmallResNet(widths=(4, 8, 8, 8)).train().double()
+reference.load_state_dict(net.state_dict())
+net = net.to(memory_format=torch.channels_last)
+worst = 0.0
+for step in range(20):
+    images = torch.randn(3, 3, 64, 64)  # 3 images: an odd count, as in grouped batches
+    for model, x in ((net, images.contiguous(memory_format=torch.channels_last)), (reference, images.double())):
+        model.zero_grad()
+        sum(f.square().mean() for f in model(x)).backward()
+    for (name, p), q in zip(net.named_parameters(), reference.parameters()):
+        worst = max(worst, ((p.grad - q.grad).abs().max() / q.grad.abs().max()).item())
+print(worst)
+"""
+
+
+def test_the_strided_pointwise_convolution_keeps_the_heap_and_its_gradients_in_channels_last():
+    """The small backbone's downsampling (a stride-2 1x1 convolution from 4 channels) in channels-last layout, a
+    batch of 3 images, 2 threads, under glibc's heap checks: oneDNN's own kernel for it writes past its workspace
+    (abort, or wrong weight gradients; oneDNN #6035), so the backbone computes it as subsample + 1x1 convolution.
+    Every weight gradient must equal the float64 channels-first one. In a child process: a corrupted heap would
+    take pytest down with it."""
+    done = subprocess.run([sys.executable, "-c", STRIDED_POINTWISE_PROBE], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "2", **heap_checks()}, timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert float(done.stdout.split()[-1]) < 1e-4
+
+
+@pytest.mark.parametrize("size", [(32, 32), (33, 31), (1, 2)])
+def test_subsampled_pointwise_convolution_equals_the_strided_one(size):
+    conv = torch.nn.Conv2d(6, 5, 1, 2).double()
+    fast = SubsampledPointwiseConv(6, 5, 1, 2).double()
+    fast.load_state_dict(conv.state_dict())  # the same keys: checkpoints load either way
+    x = torch.randn(2, 6, *size, dtype=torch.double)
+    assert torch.allclose(fast(x), conv(x), atol=1e-12)
 
 
 def test_small_resnet_frozen():

@@ -342,6 +342,30 @@ class DeepLabResNet(Backbone):
 # Small ResNet (synthetic benchmark)
 
 
+class SubsampledPointwiseConv(nn.Conv2d):
+    """A 1x1 convolution with stride ``s`` (no padding), computed as the input subsampled every ``s``
+    pixels followed by the same 1x1 convolution at stride 1: the same output ``[N, C_out, ceil(H/s),
+    ceil(W/s)]`` and the same parameters (state-dict keys of ``nn.Conv2d``).
+
+    Why: oneDNN's strided 1x1 weight gradient in channels-last layout writes past its workspace when the
+    input has fewer channels than the kernel's block (16 on AVX-512, 8 on AVX2) and the batch holds more
+    than one image: heap corruption that aborts the process later, or silently wrong weight gradients
+    (oneDNN issue #6035, open; reproduced with torch 2.13 on AVX-512, docs/performance.md). The small
+    backbone's downsampling convolution is exactly that case at narrow widths, with ``trainer.channels_last``
+    and the odd image counts of grouped batches.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [N, C_in, H, W]`` -> ``[N, C_out, ceil(H / s), ceil(W / s)]``."""
+        sh, sw = self.stride
+        return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias)
+
+
+def _downsample(cin: int, cout: int, stride: int) -> nn.Module:
+    conv = SubsampledPointwiseConv if stride > 1 else nn.Conv2d
+    return nn.Sequential(conv(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
 class _BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1) -> None:
         super().__init__()
@@ -351,7 +375,7 @@ class _BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.downsample = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.downsample = _downsample(cin, cout, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.relu(self.bn1(self.conv1(x)), inplace=True)
