@@ -12,6 +12,12 @@ class ConfigError(CmpcError):
     """A configuration value is missing, unknown or inconsistent."""
 
 
+def check_choice(key: str, value, choices) -> None:
+    """Raise :class:`ConfigError` naming ``key`` and its allowed values unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is unknown: use one of {', '.join(map(str, choices))}")
+
+
 class DatasetError(CmpcError):
     """A dataset file is missing, corrupt or malformed, or an input (image, sentence) is unusable."""
 

@@ -448,6 +448,10 @@ def _train_cfg(**trainer):
     ("trainer.log_every", 0, "trainer.log_every=0 is out of range: it must be an integer >= 1"),
     ("trainer.amp", "fp8", "trainer.amp='fp8' is unknown: use one of off, bf16, fp16"),
     ("device", "gpu", "device='gpu' is not a device: use auto, cpu, cuda or cuda:N"),
+    ("model.routing_scale", "max", "model.routing_scale='max' is unknown: use one of probability, peak"),
+    ("model.rar_path", "slow", "model.rar_path='slow' is unknown: use one of fast, explicit"),
+    ("model.convlstm_kernel", 2, "model.convlstm_kernel=2 is out of range: it must be an odd integer >= 1"),
+    ("model.convlstm_kernel", 0, "model.convlstm_kernel=0 is out of range: it must be an odd integer >= 1"),
     ("seed", -1, "seed=-1 is out of range: it must be an integer from 0 to 2**32 - 1"),
     ("seed", 2**32, "seed=4294967296 is out of range: it must be an integer from 0 to 2**32 - 1"),
 ])
@@ -485,6 +489,10 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_one_line(tmp_p
     r = _run(["scripts/train.py", "trainer.batch_size=3", f"paths.data={tmp_path / 'none'}",
               f"hydra.run.dir={tmp_path / 'run'}"], env={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"})
     _one_line_error(r, "trainer.batch_size=3 is the global batch", "2 processes", "multiple of 2 (e.g. 2 or 4)")
+    assert not (tmp_path / "none").exists()
+    r = _run(["scripts/train.py", f"paths.data={tmp_path / 'none'}", f"paths.runs={tmp_path / 'runs'}"],
+             env={"WORLD_SIZE": "two"})  # read first while Hydra names the run directory
+    _one_line_error(r, "WORLD_SIZE='two' is not a process count")
     assert not (tmp_path / "none").exists()
 
 

@@ -154,9 +154,13 @@ def test_the_default_is_the_paper_model_bit_for_bit_with_the_old_checkpoint_keys
 
 def test_bad_option_values_are_one_config_error_line():
     backbone = {"name": "small", "widths": [8, 8, 16, 16], "blocks": [1, 1, 1, 1]}
-    cases = [({"word_encoder": "gru"}, r"model.word_encoder must be one of \['lstm', 'bilstm'\], got 'gru'"),
+    cases = [({"word_encoder": "gru"}, r"^model.word_encoder='gru' is unknown: use one of lstm, bilstm$"),
              ({"word_encoder": "bilstm", "word_dim": 25}, r"set an even model.word_dim \(got 25\)"),
-             ({"routing_words": "landmark"}, r"model.routing_words must be one of .*got 'landmark'")]
+             ({"routing_words": "landmark"}, r"^model.routing_words='landmark' is unknown: use one of relation, "),
+             ({"routing_scale": "max"}, r"^model.routing_scale='max' is unknown: use one of probability, peak$"),
+             ({"rar_path": "slow"}, r"^model.rar_path='slow' is unknown: use one of fast, explicit$"),
+             ({"convlstm_kernel": 4}, r"^model.convlstm_kernel=4 must be an odd integer >= 1"),
+             ({"levels": ["res9"]}, r"^model.levels must be a non-empty subset of")]
     for options, message in cases:
         with pytest.raises(ConfigError, match=message) as err:
             build_model({"name": "cmpc_i", **TINY, **options}, backbone, 30)

@@ -15,7 +15,8 @@ import torch
 from omegaconf import OmegaConf
 
 from cmpc.errors import ConfigError
-from cmpc.models.language import ROUTINGS, WORD_ENCODERS
+from cmpc.models.language import ROUTING_SCALES, ROUTINGS, WORD_ENCODERS
+from cmpc.models.relation import RAR_PATHS
 
 # key -> (kind, lowest allowed value, what the range means); kind "int" | "number"; None allowed where noted
 TRAINER_RULES = {
@@ -34,7 +35,8 @@ OPTIONAL_TRAINER_RULES = {  # null allowed
     "stop_at_step": ("int", 1, "null or an integer >= 1"),
     "grad_clip": ("number", 0, "null or a number >= 0 (null or 0 = off)"),
 }
-CHOICES = {"trainer.amp": ("off", "bf16", "fp16"), "model.word_encoder": WORD_ENCODERS, "model.routing_words": ROUTINGS}
+CHOICES = {"trainer.amp": ("off", "bf16", "fp16"), "model.word_encoder": WORD_ENCODERS, "model.routing_words": ROUTINGS,
+           "model.routing_scale": ROUTING_SCALES, "model.rar_path": RAR_PATHS}  # None (a model without the key) passes
 
 
 def _check_value(key: str, value, kind: str, lowest, allowed: str) -> None:
@@ -113,6 +115,12 @@ def check_train_config(cfg) -> None:
         value = _get(cfg, key)
         if value is not None and str(value) not in choices:
             raise ConfigError(f"{key}={value!r} is unknown: use one of {', '.join(choices)}")
+    kernel = _get(cfg, "model.convlstm_kernel")
+    if kernel is not None:
+        _check_value("model.convlstm_kernel", kernel, "int", 1, "an odd integer >= 1 (the ConvLSTM keeps the map size)")
+        if kernel % 2 == 0:
+            raise ConfigError(f"model.convlstm_kernel={kernel} is out of range: it must be an odd integer >= 1 (the "
+                              f"ConvLSTM keeps the map size)")
     seed, allowed = _get(cfg, "seed"), "an integer from 0 to 2**32 - 1 (numpy's seed range)"
     _check_value("seed", seed, "int", 0, allowed)
     if seed > 2**32 - 1:

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from cmpc.cli import one_line_reason
+from cmpc.engine.config_check import process_count
 from cmpc.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1); otherwise a single process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = process_count()
     if world_size == 1:
         return DistInfo()
     if not dist.is_initialized():

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from cmpc.cli import friendly_errors
 from cmpc.engine import checkpoint as ckpt
+from cmpc.engine.config_check import process_count
 from cmpc.engine.distributed import DistInfo, gather_objects
 from cmpc.errors import ConfigError
 
@@ -58,7 +59,7 @@ def agreed_run_dir(parent: str, name: str) -> str:
         ConfigError: several processes (``WORLD_SIZE`` > 1) not launched by torchrun: they have no shared
             store to agree in, so ``hydra.run.dir`` must be given.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if process_count() == 1:
         return str(claim_new_dir(parent, name))
     store = _agent_store()
     if store is None:

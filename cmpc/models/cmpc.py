@@ -22,15 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmpc.errors import ConfigError, check_choice
 from cmpc.models.convlstm import ConvLSTM
 from cmpc.models.coords import CoordinateFusion
 from cmpc.models.functional import l2_normalize
 from cmpc.models.language import (
     IMAGE_WORD_TYPES,
+    ROUTING_SCALES,
+    ROUTINGS,
     WordClassifier,
     WordEncoder,
     Words,
-    check_routing,
     relation_routing,
     routing_words,
     weighted_words,
@@ -185,12 +187,13 @@ class CMPCImage(nn.Module):
         self.backbone = backbone
         unknown = [name for name in levels if name not in LEVEL_NAMES]
         if unknown or not levels:
-            raise ValueError(f"model.levels must be a non-empty subset of {list(LEVEL_NAMES)}, got {list(levels)}")
+            raise ConfigError(f"model.levels must be a non-empty subset of {list(LEVEL_NAMES)}, got {list(levels)}")
         self.level_names = tuple(levels)
         self.level_index = [LEVEL_NAMES.index(name) for name in levels]
         self.entity_perception, self.relation_aware_reasoning = entity_perception, relation_aware_reasoning
         self.necessary_words, self.routing_scale = necessary_words, routing_scale
-        check_routing(routing_words)
+        check_choice("model.routing_words", routing_words, ROUTINGS)
+        check_choice("model.routing_scale", routing_scale, ROUTING_SCALES)
         self.routing = routing_words
         self.words = WordEncoder(vocab_size, embed_dim, word_dim, embeddings, freeze_embeddings, word_encoder)
         needs_types = self.routes_words() or (tgfe and necessary_words)

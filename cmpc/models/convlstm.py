@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cmpc.errors import ConfigError
+
 
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channels of every position of a ``[B, C, H, W]`` map."""
@@ -38,6 +40,9 @@ class ConvLSTM(nn.Module):
     def __init__(self, in_channels: int, hidden: int, kernel_size: int = 1, forget_bias: float = 1.0,
                  peephole: bool = False):
         super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ConfigError(f"model.convlstm_kernel={kernel_size} must be an odd integer >= 1: the ConvLSTM pads "
+                              f"by kernel // 2 to keep the map size, which only an odd kernel does")
         self.hidden, self.forget_bias = hidden, forget_bias
         self.gates = nn.Conv2d(in_channels + hidden, 4 * hidden, kernel_size, padding=kernel_size // 2, bias=False)
         self.gate_norms = nn.ModuleList(ChannelLayerNorm(hidden) for _ in range(4))

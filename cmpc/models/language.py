@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmpc.errors import ConfigError
+from cmpc.errors import ConfigError, check_choice
 from cmpc.models.functional import l2_normalize
 
 WORD_ENCODERS = ("lstm", "bilstm")
 ROUTINGS = ("relation", "relation_and_landmark")  # model.routing_words: what routes RAR's graph (eq. 5)
+ROUTING_SCALES = ("probability", "peak")  # model.routing_scale: how the word-type probabilities weight them
 IMAGE_WORD_TYPES = ("entity", "attribute", "relation", "unnecessary")
 VIDEO_WORD_TYPES = ("entity", "attribute", "relation", "action", "unnecessary")
 
@@ -68,8 +69,7 @@ class WordEncoder(nn.Module):
         kind: str = "lstm",
     ):
         super().__init__()
-        if kind not in WORD_ENCODERS:
-            raise ConfigError(f"model.word_encoder must be one of {list(WORD_ENCODERS)}, got {kind!r}")
+        check_choice("model.word_encoder", kind, WORD_ENCODERS)
         if kind == "bilstm" and hidden_dim % 2:
             raise ConfigError(f"model.word_encoder=bilstm splits model.word_dim into two directions of half its "
                               f"width: set an even model.word_dim (got {hidden_dim})")
@@ -175,18 +175,12 @@ def relation_routing(p_relation: torch.Tensor, p_object: torch.Tensor, routing: 
         p_object: ``[B, T]`` entity + attribute probability of every word, 0 at padding.
         routing: ``"relation"`` or ``"relation_and_landmark"``; ``ConfigError`` otherwise.
     """
-    check_routing(routing)
+    check_choice("model.routing_words", routing, ROUTINGS)
     if routing == "relation":
         return p_relation  # eq. 5
     none_yet = torch.cumprod(1 - p_relation, dim=1)  # prod_{s<=t} (1 - p_rel_s)
     after = 1 - torch.cat([torch.ones_like(none_yet[:, :1]), none_yet[:, :-1]], dim=1)  # a_t, exclusive of t
     return p_relation + after * p_object
-
-
-def check_routing(routing: str) -> None:
-    """``ConfigError`` unless ``routing`` is one of :data:`ROUTINGS` (``model.routing_words``)."""
-    if routing not in ROUTINGS:
-        raise ConfigError(f"model.routing_words must be one of {list(ROUTINGS)}, got {routing!r}")
 
 
 def routing_words(words: Words, weights: torch.Tensor, scale: str) -> torch.Tensor:
@@ -197,6 +191,6 @@ def routing_words(words: Words, weights: torch.Tensor, scale: str) -> torch.Tens
     """
     if scale == "peak":
         weights = weights / weights.amax(dim=1, keepdim=True).clamp_min(1e-6)
-    elif scale != "probability":
-        raise ValueError(f"model.routing_scale must be probability or peak, got {scale!r}")
+    else:
+        check_choice("model.routing_scale", scale, ROUTING_SCALES)
     return words.features * weights[..., None].to(words.features.dtype)

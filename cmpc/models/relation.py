@@ -22,14 +22,16 @@ import math
 import torch
 from torch import nn
 
+from cmpc.errors import check_choice
 from cmpc.models.functional import l2_normalize, masked_softmax
+
+RAR_PATHS = ("fast", "explicit")  # model.rar_path: how A M (eq. 10) is computed
 
 
 class RelationAwareReasoning(nn.Module):
     def __init__(self, dim: int, word_dim: int, layers: int = 1, path: str = "fast"):
         super().__init__()
-        if path not in ("fast", "explicit"):
-            raise ValueError(f"RAR path must be 'fast' or 'explicit', got {path!r}")
+        check_choice("model.rar_path", path, RAR_PATHS)
         self.path = path
         self.vertex = nn.Linear(dim, dim)  # M -> M~ (the "linear layer" of 3.1.3)
         self.vertex_key = nn.Linear(dim, dim, bias=False)  # W5
