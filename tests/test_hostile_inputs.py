@@ -306,7 +306,9 @@ def test_jhmdb_frames_and_mask_that_disagree_are_skipped_not_clamped(tmp_path):
               ("v1", "brush_hair", 7, 8),  # PNG 7 exists, the mask has 6 frames
               ("v2", "run", 7, 9),  # the mask has frame 7, the PNG does not
               ("v2", "run", 4, 3),  # frame past n_frames: would be clamped to frame 3 with frame 4's mask
-              ("v1", "brush_hair", 0, 6)]  # frame 0: would pair frame 1 with the last mask frame
+              ("v1", "brush_hair", 0, 6),  # frame 0: would pair frame 1 with the last mask frame
+              ("v1", "brush_hair", 2.5, 6),  # not a frame number: int() would read frame 2
+              ("v1", "brush_hair", "3", 6)]  # a string
     samples = [{"video_id": v, "action": a, "frame": fr, "n_frames": n, "query": "a person"}
                for v, a, fr, n in listed]
     path = tmp_path / "listed.json"
@@ -321,8 +323,10 @@ def test_jhmdb_frames_and_mask_that_disagree_are_skipped_not_clamped(tmp_path):
     assert "missing image file" in reasons[2] and "v2/00007.png" in reasons[2]
     assert "sample frame 4 of v2 is outside frames 1..3" in reasons[3] and str(path) in reasons[3]
     assert "sample frame 0 of v1 is outside frames 1..6" in reasons[4]
+    assert "has frame=2.5, n_frames=6, not frame numbers" in reasons[5] and str(path) in reasons[5]
+    assert "has frame='3', n_frames=6, not frame numbers" in reasons[6]
     batch = collate(got)
-    assert len(batch["words"]) == 1 and len(batch["unreadable"]) == 4
+    assert len(batch["words"]) == 1 and len(batch["unreadable"]) == 6
 
 
 @pytest.mark.parametrize("meta_json", [False, True])

@@ -162,7 +162,10 @@ class JHMDBDataset(ReferringDataset):
 
     def load(self, index: int) -> RawSample:
         s = self.items[index]
-        vid, action, fr, n = s["video_id"], s["action"], int(s["frame"]), int(s["n_frames"])
+        vid, action, fr, n = s["video_id"], s["action"], s["frame"], s["n_frames"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (fr, n)):  # "3", 2.5, null: edited
+            raise DatasetError(f"sample of {vid} in {self.samples_path} has frame={fr!r}, n_frames={n!r}, not frame "
+                               f"numbers; delete that file to draw again")
         if not 1 <= fr <= n:  # clip_indices would clamp the annotated frame itself, pairing a mask with another frame
             raise DatasetError(f"sample frame {fr} of {vid} is outside frames 1..{n} in {self.samples_path}; "
                                f"delete that file to draw again")
