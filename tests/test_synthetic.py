@@ -17,6 +17,7 @@ from pycocotools import mask as mu
 
 from cmpc.data import synthetic as syn
 from cmpc.data.synthetic import refer_writer, resolver
+from cmpc.data.synthetic.output import MARKER
 from cmpc.errors import ConfigError
 
 # pycocotools' decode trips a numpy-2 DeprecationWarning; harmless
@@ -414,6 +415,11 @@ def test_foreign_folder_and_bad_params_raise_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not a cmpc synthetic"):
         syn.ensure_image_benchmark(foreign, splits={"train": 1}, progress=False)
     assert (foreign / "notes.txt").exists()
+    leftover = tmp_path / "leftover"  # a benchmark whose files were deleted, its derived cache/ kept
+    (leftover / "cache" / "index").mkdir(parents=True)
+    (leftover / "cache" / "vocab_synthetic_train_min1.txt").write_text("<pad>\n")
+    syn.ensure_image_benchmark(leftover, splits={"train": 1}, progress=False)
+    assert (leftover / MARKER).exists() and not (leftover / "cache").exists()  # stale derived files are gone
     for bad in (dict(kinds={"action": 1}), dict(kinds={"negative": 1}), dict(segmentation="png"),
                 dict(max_objects=2), dict(splits={"train": -1}), dict(colour="red"), dict(negative=2.0),
                 dict(relation_gap=[0.3, 0.1]), dict(relation_gap=0.2)):

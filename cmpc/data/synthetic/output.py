@@ -130,7 +130,9 @@ def _check_replaceable(root):
     if root.exists():
         if not root.is_dir():
             raise ConfigError(f"synthetic benchmark: {root} is a file; pass another root or delete it")
-        if any(root.iterdir()) and not (root / MARKER).exists():
+        # cache/ holds what cmpc derives from a dataset (vocabulary, GloVe rows, sample index; dataset.cache_dir),
+        # left behind when a benchmark's own files were deleted: regenerating replaces it too
+        if any(p.name != "cache" for p in root.iterdir()) and not (root / MARKER).exists():
             raise ConfigError(f"synthetic benchmark: {root} exists and is not a cmpc synthetic benchmark; "
                               "pass an empty or new folder as root")
 
