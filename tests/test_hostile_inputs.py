@@ -454,6 +454,7 @@ def _train_cfg(**trainer):
     ("device", "gpu", "device='gpu' is not a device: use auto, cpu, cuda or cuda:N"),
     ("model.routing_scale", "max", "model.routing_scale='max' is unknown: use one of probability, peak"),
     ("model.rar_path", "slow", "model.rar_path='slow' is unknown: use one of fast, explicit"),
+    ("model.aar_adjacency", "full", "model.aar_adjacency='full' is unknown: use one of dr, ar"),
     ("model.convlstm_kernel", 2, "model.convlstm_kernel=2 is out of range: it must be an odd integer >= 1"),
     ("model.convlstm_kernel", 0, "model.convlstm_kernel=0 is out of range: it must be an odd integer >= 1"),
     ("seed", -1, "seed=-1 is out of range: it must be an integer from 0 to 2**32 - 1"),

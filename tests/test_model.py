@@ -6,6 +6,7 @@ from conftest import CONFIG_DIR
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from cmpc.errors import ConfigError
 from cmpc.models import build_model
 from cmpc.models.convlstm import ConvLSTM
 from cmpc.models.coords import spatial_coords
@@ -170,7 +171,7 @@ def test_routing_words_eq5_and_peak_scaling():
     torch.testing.assert_close(peak[:, 1], features[:, 1])  # the most relational word keeps its full feature
     torch.testing.assert_close(peak[0, 2], features[0, 2] * 0.5)
     torch.testing.assert_close(routing_words(words, 0.01 * p, "peak"), peak)  # blind to the classifier's overall scale
-    with pytest.raises(ValueError, match="routing_scale"):
+    with pytest.raises(ConfigError, match=r"^model.routing_scale='share' is unknown: use one of probability, peak$"):
         routing_words(words, p, "share")
 
 

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from cmpc.data import build_dataset, build_vocab
 from cmpc.engine.video import evaluate_videos, segment_video
+from cmpc.errors import ConfigError
 from cmpc.models import build_model
 from cmpc.models.action import ActionAwareReasoning, DirectRelevanceGraph
 from cmpc.models.language import VIDEO_WORD_TYPES
@@ -163,8 +164,10 @@ def test_gradients_reach_the_action_word_probabilities():
 
 
 def test_aar_options_are_checked_and_eq21_values_switch():
-    with pytest.raises(ValueError, match="adjacency"):
+    with pytest.raises(ConfigError, match=r"^model.aar_adjacency='xx' is unknown: use one of dr, ar$"):
         tiny_model(aar_adjacency="xx")
+    with pytest.raises(ConfigError, match=r"^model.aar_values='all' is unknown: use one of reasoned, vertices$"):
+        tiny_model(aar_values="all")
     reasoned = tiny_model(aar_values="reasoned")
     vertices = tiny_model(aar_values="vertices")
     vertices.load_state_dict(reasoned.state_dict())

@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from cmpc.errors import ConfigError
+from cmpc.models.action import ADJACENCIES, VALUES
 from cmpc.models.language import ROUTING_SCALES, ROUTINGS, WORD_ENCODERS
 from cmpc.models.relation import RAR_PATHS
 
@@ -36,7 +37,8 @@ OPTIONAL_TRAINER_RULES = {  # null allowed
     "grad_clip": ("number", 0, "null or a number >= 0 (null or 0 = off)"),
 }
 CHOICES = {"trainer.amp": ("off", "bf16", "fp16"), "model.word_encoder": WORD_ENCODERS, "model.routing_words": ROUTINGS,
-           "model.routing_scale": ROUTING_SCALES, "model.rar_path": RAR_PATHS}  # None (a model without the key) passes
+           "model.routing_scale": ROUTING_SCALES, "model.rar_path": RAR_PATHS, "model.aar_adjacency": ADJACENCIES,
+           "model.aar_values": VALUES}  # None (a model without the key) passes
 
 
 def _check_value(key: str, value, kind: str, lowest, allowed: str) -> None:

@@ -33,6 +33,7 @@ import math
 import torch
 from torch import nn
 
+from cmpc.errors import check_choice
 from cmpc.models.relation import RelationAwareReasoning
 
 ADJACENCIES = ("dr", "ar")
@@ -65,10 +66,8 @@ class DirectRelevanceGraph(nn.Module):
 class ActionAwareReasoning(nn.Module):
     def __init__(self, dim: int, word_dim: int, adjacency: str = "dr", layers: int = 1, values: str = "reasoned"):
         super().__init__()
-        if adjacency not in ADJACENCIES:
-            raise ValueError(f"AAR adjacency must be one of {ADJACENCIES}, got {adjacency!r}")
-        if values not in VALUES:
-            raise ValueError(f"AAR values must be one of {VALUES}, got {values!r}")
+        check_choice("model.aar_adjacency", adjacency, ADJACENCIES)
+        check_choice("model.aar_values", values, VALUES)
         self.adjacency_kind, self.values = adjacency, values
         self.frame_key = nn.Linear(dim, dim, bias=False)  # W8
         self.action_query = nn.Linear(word_dim, dim, bias=False)  # W9
