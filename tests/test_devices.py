@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -150,6 +151,10 @@ print(json.dumps({"eager": histories[False], "compiled": histories[True],
                   "graphs": torch._dynamo.utils.counters["stats"]["unique_graphs"]}))
 """
 TESTS_PATH = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}  # the helpers of test_training
+# inductor's cache, one per ATen CPU capability: under AVX2 emulation on an AVX-512 machine, kernels cached by an
+# AVX-512 run are rebuilt for AVX2 with their 16-lane loops and write out of bounds (SIGBUS; docs/performance.md)
+INDUCTOR_CACHE = {"TORCHINDUCTOR_CACHE_DIR": os.path.join(tempfile.gettempdir(), "torchinductor_cmpc_tests_"
+                                                          + torch.backends.cpu.get_cpu_capability().lower())}
 
 
 @pytest.mark.slow
@@ -160,7 +165,7 @@ def test_compiled_grouped_training_matches_eager_under_heap_checks(tmp_path):
     channels-last layout at odd image counts (tests/test_backbone.py tests the cause directly). Costs ~35 s with a
     warm inductor cache; when it compiles (first run on a machine or CPU kind) 2-3.5 min on this 2-core machine."""
     done = subprocess.run([sys.executable, "-c", COMPILED_GROUPED, str(tmp_path / "data"), str(tmp_path)], cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **heap_checks(), **TESTS_PATH},
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **heap_checks(), **TESTS_PATH, **INDUCTOR_CACHE},
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
