@@ -11,6 +11,7 @@ import torch
 from conftest import CONFIG_DIR, ROOT, free_port
 from hydra import compose, initialize_config_dir
 
+from cmpc.engine.builders import load_trained
 from cmpc.engine.checkpoint import load_checkpoint
 from cmpc.engine.trainer import train
 
@@ -63,7 +64,7 @@ def test_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path, grouped):
     assert not list(run.glob(".last.pt.*")), "no temporary checkpoint files may remain"
 
 
-def test_a_frozen_backbone_loads_from_a_training_checkpoint(tmp_path):
+def test_a_frozen_backbone_loads_from_a_training_checkpoint(tmp_path, caplog):
     data = tmp_path / "data"
     train(compose_cfg(tiny_overrides(data, steps=2, extra=["dataset=synthetic_entities"])), tmp_path / "pretrain")
     kinds = json.loads((data / "synthetic_entities" / "synthetic" / "kinds.json").read_text())
@@ -76,6 +77,10 @@ def test_a_frozen_backbone_loads_from_a_training_checkpoint(tmp_path):
     assert backbone and all(torch.equal(state[k], source[k]) for k in backbone)  # loaded, then never changed
     head = [k for k in source if not k.startswith("backbone.") and source[k].is_floating_point()]
     assert any(not torch.equal(state[k], source[k]) for k in head)
+    caplog.clear()
+    model, _, _ = load_trained(tmp_path / "frozen" / "best.pt")  # as eval.py, predict.py and the benchmarks
+    assert "randomly initialised" not in caplog.text  # the weights come from the checkpoint: no false alarm
+    assert all(torch.equal(model.state_dict()[k], source[k]) for k in backbone)
 
 
 def _run(args, cwd=ROOT, env=None, timeout=600):

@@ -132,6 +132,12 @@ def load_trained(path, device="cpu"):
         if "caffe_layout" in cfg.backbone:
             cfg.backbone.caffe_layout = bool(state.get("caffe_layout", False))
     vocab = Vocabulary(state["vocab"])
-    model = build_model(cfg.model, cfg.backbone, len(vocab))
+    backbone_log = logging.getLogger("cmpc.models.backbone")
+    level = backbone_log.level
+    backbone_log.setLevel(logging.ERROR)  # not "randomly initialised": the trained weights are loaded just below
+    try:
+        model = build_model(cfg.model, cfg.backbone, len(vocab))
+    finally:
+        backbone_log.setLevel(level)
     load_weights(model, state["model"], path)
     return model.to(device).eval(), cfg, vocab
