@@ -10,10 +10,7 @@ What the page computes lives in :mod:`cmpc.demo`; this file only lays it out.
 
 import os
 import shutil
-import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import hydra
@@ -156,26 +153,9 @@ def main(cfg) -> None:
             raise ConfigError(f"cannot serve on {cfg.demo.host}:{cfg.demo.port or '7860-7959'} ({err}); "
                               f"pick another demo.port or demo.host") from err
         print(f"CMPC demo on {app.local_url} (Ctrl+C to stop)", flush=True)
-        wait_for_ctrl_c()
+        app.block_thread()
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    # Gradio's own shutdown (app.block_thread, app.close) sometimes never returned after Ctrl+C: the demo was still
-    # alive 30 s and 120 s later in 2 of 4 test-suite runs on 2026-11-30. Close it for at most 10 s, then leave.
-    closing = threading.Thread(target=app.close, daemon=True)
-    closing.start()
-    closing.join(timeout=10)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def wait_for_ctrl_c() -> None:
-    """Block until Ctrl+C (SIGINT)."""
-    try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        print("stopping the demo", flush=True)
 
 if __name__ == "__main__":
     main()
