@@ -46,7 +46,7 @@ def start_demo(checkpoint, work_dir: Path, port: int, *extra: str) -> subprocess
 
 def stop_demo(process: subprocess.Popen) -> None:
     """Ctrl+C, as a person stops it (the demo then removes its work folder); killed if it hangs. Gradio's shutdown
-    took over 30 s on the 2-core machine at load 5 (2026-11-30; within 30 s when the machine was quiet), hence 120 s."""
+    took over 30 s on the 2-core machine at load 5 (2026-11-30; a few seconds when quiet), hence 120 s."""
     process.send_signal(signal.SIGINT)
     try:
         process.wait(timeout=120)
