@@ -45,11 +45,10 @@ def start_demo(checkpoint, work_dir: Path, port: int, *extra: str) -> subprocess
 
 
 def stop_demo(process: subprocess.Popen) -> None:
-    """Ctrl+C, as a person stops it (the demo then removes its work folder); killed if it hangs. Gradio's shutdown
-    took over 30 s on the 2-core machine at load 5 (2026-11-30; a few seconds when quiet), hence 120 s."""
+    """Ctrl+C, as a person stops it (the demo then removes its work folder); killed if it hangs."""
     process.send_signal(signal.SIGINT)
     try:
-        process.wait(timeout=120)
+        process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
