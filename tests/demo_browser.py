@@ -40,8 +40,14 @@ def start_demo(checkpoint, work_dir: Path, port: int, *extra: str) -> subprocess
     return subprocess.Popen(
         [sys.executable, "scripts/demo.py", f"checkpoint={checkpoint}", f"demo.port={port}",
          f"paths.runs={work_dir / 'runs'}", *extra],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_sigint_by_default,
     )
+
+
+def _sigint_by_default() -> None:
+    """A suite started as a shell background job (``pytest &``) inherits SIGINT ignored, and Python then never turns
+    Ctrl+C into KeyboardInterrupt: give the demo the default disposition, as in a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stop_demo(process: subprocess.Popen) -> None:
