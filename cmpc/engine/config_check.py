@@ -14,7 +14,7 @@ from numbers import Integral, Real
 import torch
 from omegaconf import OmegaConf
 
-from cmpc.errors import ConfigError
+from cmpc.errors import ConfigError, check_choice
 from cmpc.models.action import ADJACENCIES, VALUES
 from cmpc.models.language import ROUTING_SCALES, ROUTINGS, WORD_ENCODERS
 from cmpc.models.relation import RAR_PATHS
@@ -116,13 +116,13 @@ def check_train_config(cfg) -> None:
     for key, choices in CHOICES.items():
         value = _get(cfg, key)
         if value is not None and str(value) not in choices:
-            raise ConfigError(f"{key}={value!r} is unknown: use one of {', '.join(choices)}")
+            check_choice(key, value, choices)
     kernel = _get(cfg, "model.convlstm_kernel")
     if kernel is not None:
-        _check_value("model.convlstm_kernel", kernel, "int", 1, "an odd integer >= 1 (the ConvLSTM keeps the map size)")
+        allowed = "an odd integer >= 1 (the ConvLSTM keeps the map size)"
+        _check_value("model.convlstm_kernel", kernel, "int", 1, allowed)
         if kernel % 2 == 0:
-            raise ConfigError(f"model.convlstm_kernel={kernel} is out of range: it must be an odd integer >= 1 (the "
-                              f"ConvLSTM keeps the map size)")
+            raise ConfigError(f"model.convlstm_kernel={kernel} is out of range: it must be {allowed}")
     seed, allowed = _get(cfg, "seed"), "an integer from 0 to 2**32 - 1 (numpy's seed range)"
     _check_value("seed", seed, "int", 0, allowed)
     if seed > 2**32 - 1:
