@@ -1,6 +1,8 @@
 """Optimiser groups, learning-rate schedules, the step sampler, atomic checkpoints, deterministic kernels."""
 
 import os
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -157,3 +159,31 @@ def test_training_flushes_denormal_floats_and_restores_the_mode(monkeypatch):
     with pytest.raises(RuntimeError):
         trainer.train("fail", "run")
     assert seen == [True, True] and not denormals_flushed()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_git_commit_marks_dirty_only_for_changes_outside_docs_and_benchmark_reports(tmp_path):
+    """A run's recorded commit gets ``+dirty`` for an edited code or config file, not for an edited README, docs/
+    page or benchmark report (benchmarks/main_job.py appends to its report, which marked its own next row dirty)."""
+    from cmpc.engine.environment import git_commit
+
+    files = {"cmpc/x.py": "a = 1\n", "configs/t.yaml": "a: 1\n", "README.md": "# r\n", "docs/d.txt": "d\n",
+             "benchmarks/results/main_job.md": "| row |\n", "benchmarks/main_job.py": "b = 1\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "c"]):
+        subprocess.run([*git, *args], cwd=tmp_path, check=True, capture_output=True)
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    commit = git_commit.__wrapped__  # uncached
+    assert commit(tmp_path) == sha
+    for name in ("README.md", "docs/d.txt", "benchmarks/results/main_job.md"):
+        (tmp_path / name).write_text("edited\n")
+    (tmp_path / "notes.py").write_text("untracked = 1\n")
+    assert commit(tmp_path) == sha
+    for name in ("cmpc/x.py", "configs/t.yaml", "benchmarks/main_job.py"):
+        (tmp_path / name).write_text("edited: 1\n")
+        assert commit(tmp_path) == sha + "+dirty", name
+        subprocess.run(["git", "checkout", "-q", "--", name], cwd=tmp_path, check=True)
+    assert commit(tmp_path) == sha

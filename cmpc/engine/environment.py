@@ -19,17 +19,23 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    """The commit of the cmpc checkout (``<sha>+dirty`` with uncommitted changes); None outside a git checkout."""
-    if not (ROOT / ".git").exists():  # an installed package: not the commit of whatever repository encloses it
+# what does not change a run: documentation and the benchmark reports that runs append to (git pathspecs)
+NOT_CODE = (":(exclude,glob)**/*.md", ":(exclude)docs", ":(exclude)benchmarks/results")
+
+
+@functools.lru_cache(maxsize=4)
+def git_commit(root: Path = ROOT) -> str | None:
+    """The commit of the cmpc checkout at ``root``: ``<sha>``, or ``<sha>+dirty`` when tracked files other than
+    documentation and benchmark reports (:data:`NOT_CODE`: ``*.md``, ``docs/``, ``benchmarks/results/``) have
+    uncommitted changes; None outside a git checkout or without git."""
+    if not (root / ".git").exists():  # an installed package: not the commit of whatever repository encloses it
         return None
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return sha.stdout.strip() + ("+dirty" if dirty else "")
