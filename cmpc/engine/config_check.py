@@ -115,7 +115,7 @@ def check_train_config(cfg) -> None:
             _check_value(f"trainer.{name}", value, kind, lowest, allowed)
     for key, choices in CHOICES.items():
         value = _get(cfg, key)
-        if value is not None and str(value) not in choices:
+        if value is not None:
             check_choice(key, value, choices)
     kernel = _get(cfg, "model.convlstm_kernel")
     if kernel is not None:
