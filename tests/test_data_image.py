@@ -126,3 +126,31 @@ def test_referit_mask_value_zero_is_object(tmp_path):
     assert m.dtype == bool and m.sum() == 15 * 7  # rectangle (5, 20, 2, 9)
     json.loads((tmp_path / "referit_query_test.json").read_text())
     assert torch.is_tensor(build_dataset(cfg, "test", build_vocab(cfg))[0]["words"])
+
+
+def test_decoded_images_are_read_once_kept_read_only_and_give_the_same_samples(tmp_path, monkeypatch):
+    import cmpc.data.base as base
+
+    cfg = F.make_refer_fixture(tmp_path, "unc")
+    vocab = build_vocab(cfg)
+    plain = build_dataset(cfg, "train", vocab)
+    cached = build_dataset(dict(cfg, image_cache_mb=1), "train", vocab)
+    full = build_dataset(dict(cfg, image_cache_mb=1e-6), "train", vocab)  # not one image fits
+    reads = []
+    real = base.read_image
+    monkeypatch.setattr(base, "read_image", lambda path, **kw: reads.append(str(path)) or real(path, **kw))
+    for _ in range(2):
+        for i in range(len(plain)):
+            got, want = cached[i], plain[i]
+            assert torch.equal(got["image"], want["image"]) and torch.equal(got["target"], want["target"])
+            np.testing.assert_array_equal(got["gt"], want["gt"])
+    assert len(reads) == 2 * len(plain) + plain.counts()["images"]  # plain: every time; cached: once per file
+    assert cached.decoded_bytes == sum(a.nbytes for a in cached.decoded.values()) > 0
+    with pytest.raises(ValueError, match="read-only"):
+        cached.load(0).frames[0][0, 0] = 0  # the kept pixels cannot be drawn on
+    reads.clear()
+    full[0], full[0]
+    assert len(reads) == 2 and not full.decoded
+    for bad in (-1, "lots"):
+        with pytest.raises(ConfigError, match="dataset.image_cache_mb=.* must be a number >= 0"):
+            build_dataset(dict(cfg, image_cache_mb=bad), "train", vocab)

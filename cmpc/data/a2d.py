@@ -44,7 +44,6 @@ from cmpc.data.base import (
     ReferringDataset,
     clip_indices,
     open_text,
-    read_image,
     require_dir,
     require_file,
     resolve_offsets,
@@ -283,7 +282,7 @@ class A2DDataset(ReferringDataset):
         if self.video_source != "mp4":
             paths = [self._png(vid, fr) for fr in numbers]
             if self.video_source == "frames" or all(p.is_file() for p in paths):
-                return [read_image(p) for p in paths]
+                return [self.read_image(p) for p in paths]
         got = self._reader.read(self.clips_dir / f"{vid}.mp4", [fr - 1 for fr in numbers],
                                 required=numbers[self.center] - 1)
         return [got[fr - 1] for fr in numbers]

@@ -273,7 +273,8 @@ class ReferringDataset(torch.utils.data.Dataset, abc.ABC):
 
     Common keyword arguments (the ``dataset`` config keys shared by all families): ``root``, ``split``,
     ``vocab``, ``input_size`` (S), ``mean``, ``max_words`` (T), ``num_frames`` (K), ``cache_dir`` (None: no
-    index cache), ``mask_mode`` (bilinear|nearest).
+    index cache), ``mask_mode`` (bilinear|nearest), ``image_cache_mb`` (MiB of decoded images kept in memory by
+    :meth:`read_image`; 0 = none).
     """
 
     name = "base"
@@ -283,7 +284,8 @@ class ReferringDataset(torch.utils.data.Dataset, abc.ABC):
 
     def __init__(self, root: str | os.PathLike, split: str, vocab: Vocabulary | None = None, *,
                  input_size: int = 320, mean: str | None = "caffe_bgr", max_words: int = MAX_WORDS,
-                 num_frames: int = 1, cache_dir: str | os.PathLike | None = None, mask_mode: str = "bilinear"):
+                 num_frames: int = 1, cache_dir: str | os.PathLike | None = None, mask_mode: str = "bilinear",
+                 image_cache_mb: float = 0):
         self.root = Path(root)
         self.split = str(split)
         self.vocab = vocab
@@ -293,6 +295,12 @@ class ReferringDataset(torch.utils.data.Dataset, abc.ABC):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.items: list = []
         self.skipped: collections.Counter = collections.Counter()
+        if not (isinstance(image_cache_mb, (int, float)) and image_cache_mb >= 0):
+            raise ConfigError(f"dataset.image_cache_mb={image_cache_mb!r} is out of range: it must be a number >= 0 "
+                              f"(MiB of decoded images kept in memory; 0 = off)")
+        self.image_cache_bytes = int(image_cache_mb * 2**20)
+        self.decoded: dict[str, np.ndarray] = {}  # path -> read-only pixels (read_image)
+        self.decoded_bytes = 0
         if not self.is_video and self.num_frames != 1:
             raise ConfigError(f"dataset '{self.name}' is an image dataset: dataset.num_frames must be 1, "
                               f"got {num_frames}")
@@ -336,6 +344,22 @@ class ReferringDataset(torch.utils.data.Dataset, abc.ABC):
             except DatasetError as e:
                 bad.append(Unreadable(key, str(e)))
         return bad
+
+    def read_image(self, path: str | os.PathLike) -> np.ndarray:
+        """:func:`read_image` of a dataset file (stored pixel order). With ``image_cache_mb`` > 0 the decoded
+        pixels of a file read before come from memory, as a read-only array: files are kept until that many MiB
+        are held (no eviction). Raises DatasetError like :func:`read_image`."""
+        if not self.image_cache_bytes:
+            return read_image(path)
+        key = str(path)
+        image = self.decoded.get(key)
+        if image is None:
+            image = read_image(path)
+            image.setflags(write=False)  # one array serves every later read: nobody may draw on it
+            if self.decoded_bytes + image.nbytes <= self.image_cache_bytes:
+                self.decoded[key] = image
+                self.decoded_bytes += image.nbytes
+        return image
 
     # -- model sample -------------------------------------------------------------------------------
     def try_load(self, index: int) -> RawSample | Unreadable:

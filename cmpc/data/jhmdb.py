@@ -32,7 +32,6 @@ from cmpc.data.base import (
     ReferringDataset,
     clip_indices,
     open_text,
-    read_image,
     read_mat_array,
     require_dir,
     require_file,
@@ -176,7 +175,7 @@ class JHMDBDataset(ReferringDataset):
                                f"{self.samples_path}; delete that file to draw again")
         mask = pm[:, :, fr - 1] > 0
         numbers = [i + 1 for i in clip_indices(fr - 1, n, self.offsets)]
-        frames = [read_image(self.image_dir / action / vid / f"{i:05d}.png") for i in numbers]
+        frames = [self.read_image(self.image_dir / action / vid / f"{i:05d}.png") for i in numbers]
         meta = {"dataset": self.name, "split": self.split, "video_id": vid, "action": action, "frame": fr,
                 "clip_frames": numbers, "kind": None, "group": f"{self.name}/{vid}/{fr}",
                 "sample_id": f"{self.name}/{vid}/{fr:05d}"}

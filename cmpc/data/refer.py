@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pycocotools.mask as mask_utils
 
-from cmpc.data.base import RawSample, ReferringDataset, read_image, require_dir, require_file
+from cmpc.data.base import RawSample, ReferringDataset, require_dir, require_file
 from cmpc.data.text import has_words
 from cmpc.errors import ConfigError, DatasetError
 
@@ -305,7 +305,7 @@ class ReferDataset(ReferringDataset):
         ref_idx, text, sent_id = self.items[index]
         r = self.refs[ref_idx]
         path = self.image_dir / r["file"]
-        image = read_image(path)
+        image = self.read_image(path)
         h, w = image.shape[:2]
         if (h, w) != (r["h"], r["w"]):
             raise DatasetError(f"image {path} is {h}x{w} but {self.instances_path} says {r['h']}x{r['w']}; "

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from cmpc.data.base import RawSample, ReferringDataset, read_image, read_mat_array, require_dir, require_file
+from cmpc.data.base import RawSample, ReferringDataset, read_mat_array, require_dir, require_file
 from cmpc.data.refer import load_json
 from cmpc.data.text import has_words
 from cmpc.errors import DatasetError
@@ -87,7 +87,7 @@ class ReferItDataset(ReferringDataset):
 
     def load(self, index: int) -> RawSample:
         img_id, region, j, text = self.items[index]
-        image = read_image(self.image_dir / f"{img_id}.jpg")
+        image = self.read_image(self.image_dir / f"{img_id}.jpg")
         mask = load_referit_mask(self.mask_dir / f"{region}.mat")
         meta = {"dataset": self.name, "split": self.split, "image_id": img_id, "ref_id": region,
                 "sent_id": j, "kind": None, "group": f"{self.name}/{img_id}",

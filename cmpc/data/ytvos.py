@@ -298,7 +298,7 @@ class YTVOSDataset(ReferringDataset):
             frames = videos[video_id]
         idx = clip_indices(int(frame_index), len(frames), self.offsets)
         d = self.split_dir(split) / "JPEGImages" / video_id
-        return [read_image(d / f"{frames[i]}.jpg") for i in idx], self.center
+        return [self.read_image(d / f"{frames[i]}.jpg") for i in idx], self.center
 
     # -- API ------------------------------------------------------------------------------------------
     def load(self, index: int) -> RawSample:

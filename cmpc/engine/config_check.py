@@ -31,6 +31,7 @@ TRAINER_RULES = {
     "lr": ("number", 0, "a number >= 0"),
     "end_lr": ("number", 0, "a number >= 0"),
     "weight_decay": ("number", 0, "a number >= 0"),
+    "feature_cache_mb": ("number", 0, "a number >= 0 (MiB of cached backbone features; 0 = off)"),
 }
 OPTIONAL_TRAINER_RULES = {  # null allowed
     "stop_at_step": ("int", 1, "null or an integer >= 1"),

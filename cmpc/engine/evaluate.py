@@ -32,13 +32,19 @@ log = logging.getLogger(__name__)
 
 
 def model_inputs(batch: dict, device: torch.device, channels_last: bool = False) -> tuple:
-    """``(images, words, image_index)`` for ``model(...)`` from a collated batch."""
+    """``(images, words, image_index, image_keys)`` for ``model(...)`` from a collated batch: ``image_keys`` are the
+    ``meta["group"]`` of the rows of ``images`` (the keys of the model's feature cache), None when a sample has
+    none."""
     images = batch["clip"] if "clip" in batch else batch["image"]
     images = images.to(device, non_blocking=True)
     if channels_last and images.dim() == 4:
         images = images.contiguous(memory_format=torch.channels_last)
     index = batch.get("image_index")
-    return images, batch["words"].to(device, non_blocking=True), None if index is None else index.to(device)
+    groups = [meta.get("group") for meta in batch.get("meta", ())]
+    # a grouped batch keeps each group's first image, in order of first appearance (cmpc.data.collate_grouped)
+    keys = None if not groups or None in groups else groups if index is None else list(dict.fromkeys(groups))
+    words = batch["words"].to(device, non_blocking=True)
+    return images, words, None if index is None else index.to(device), keys
 
 
 class _Numbered(Dataset):
@@ -62,9 +68,8 @@ class _Numbered(Dataset):
 def predict_logits(model, batch: dict, device: torch.device, amp: str = "off",
                    channels_last: bool = False) -> torch.Tensor:
     """Final logits upsampled to the input size, ``[B, S, S]`` float32 on the CPU."""
-    images, words, index = model_inputs(batch, device, channels_last)
     with autocast(device, amp):
-        logits = model(images, words, index)["logits"]
+        logits = model(*model_inputs(batch, device, channels_last))["logits"]
     return upsample_logits(logits.float(), batch["target"].shape[-2:])[:, 0].cpu()
 
 

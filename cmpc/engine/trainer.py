@@ -48,6 +48,7 @@ from cmpc.engine.sampler import StepBatchSampler, group_indices
 from cmpc.engine.workers import worker_init
 from cmpc.errors import ConfigError, TrainingDiverged
 from cmpc.metrics import format_table
+from cmpc.models.feature_cache import FeatureCache, is_fixed
 from cmpc.models.loss import referring_loss
 
 log = logging.getLogger(__name__)
@@ -94,12 +95,12 @@ def _to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
 def batch_loss(net, batch: dict, t, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward (under ``t.amp``, see :mod:`cmpc.engine.precision`) and the loss of a collated batch: the loss and
     its detached parts, all tensors on ``device`` (no host sync)."""
-    images, words, index = model_inputs(batch, device, t.channels_last)
+    inputs = model_inputs(batch, device, t.channels_last)
     if t.compile:  # the number of distinct images per batch varies with grouping: one graph for all of them
-        torch._dynamo.maybe_mark_dynamic(images, 0)
+        torch._dynamo.maybe_mark_dynamic(inputs[0], 0)
     target = batch["target"].to(device, non_blocking=True)
     with autocast(device, t.amp):
-        outputs = net(images, words, index)
+        outputs = net(*inputs)
     return referring_loss(outputs, target, t.loss.final_weight, t.loss.aux_weight, t.loss.reduction)
 
 
@@ -172,7 +173,8 @@ def _train(cfg, run_dir: str | Path) -> dict:
     GloVe), ``train_s`` the training loop from the data loader's start to the last step (checkpoints included,
     validations not), ``validate_s`` every validation (also the final one), ``test_s`` the test evaluation of
     best.pt, ``pictures_s`` predictions.png and word_types.png, ``total_s`` all of :func:`train`; plus ``steps``
-    (run by this process) and ``sentences_per_s`` (trained sentences / ``train_s``)."""
+    (run by this process), ``sentences_per_s`` (trained sentences / ``train_s``) and, with
+    ``trainer.feature_cache_mb``, ``feature_cache`` (images held, MiB, hits and misses)."""
     started = time.perf_counter()
     check_train_config(cfg)
     check_pretrained(cfg)
@@ -194,6 +196,8 @@ def _train(cfg, run_dir: str | Path) -> dict:
     model = build_model_for(cfg, data.vocab, data.embeddings).to(device)
     if t.channels_last:
         model = _to_channels_last(model)
+    if t.feature_cache_mb and is_fixed(model.backbone):  # a fixed backbone runs once per image
+        model.feature_cache = FeatureCache(t.feature_cache_mb)
     optimizer = build_optimizer(model, t)
     scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, t.amp))
     step, best, history = 0, -1.0, []
@@ -354,6 +358,10 @@ def _train(cfg, run_dir: str | Path) -> dict:
                 timing["pictures_s"] = time.perf_counter() - clock
         if info.is_main:
             timing["total_s"] = time.perf_counter() - started
+            if model.feature_cache is not None:
+                cache = model.feature_cache
+                timing["feature_cache"] = {"images": len(cache), "mib": round(cache.bytes / 2**20, 1),
+                                           "hits": cache.hits, "misses": cache.misses}
             results["timing"] = timing
             summary = {k: v for k, v in results.items() if k != "history"}
             (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -25,6 +25,7 @@ from torch import nn
 from cmpc.errors import ConfigError, check_choice
 from cmpc.models.convlstm import ConvLSTM
 from cmpc.models.coords import CoordinateFusion
+from cmpc.models.feature_cache import FeatureCache
 from cmpc.models.functional import l2_normalize
 from cmpc.models.language import (
     IMAGE_WORD_TYPES,
@@ -185,6 +186,7 @@ class CMPCImage(nn.Module):
         """
         super().__init__()
         self.backbone = backbone
+        self.feature_cache: FeatureCache | None = None  # set by the trainer (trainer.feature_cache_mb)
         unknown = [name for name in levels if name not in LEVEL_NAMES]
         if unknown or not levels:
             raise ConfigError(f"model.levels must be a non-empty subset of {list(LEVEL_NAMES)}, got {list(levels)}")
@@ -267,24 +269,29 @@ class CMPCImage(nn.Module):
         return relation_routing(weight(probs, "relation"), weight(probs, "entity", "attribute"), self.routing)
 
     # -- vision ---------------------------------------------------------------------------------
-    def run_backbone(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """All backbone levels; no autograd graph through a frozen backbone."""
+    def run_backbone(self, images: torch.Tensor, keys: Sequence | None = None) -> list[torch.Tensor]:
+        """All backbone levels; no autograd graph through a frozen backbone. With ``keys`` (one per image) and a
+        :attr:`feature_cache`, the levels of images seen before come from the cache."""
         trainable = any(p.requires_grad for p in self.backbone.parameters())
         with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
-            return self.backbone(images)
+            if keys is None or self.feature_cache is None:
+                return self.backbone(images)
+            return self.feature_cache(self.backbone, images, keys)
 
-    def backbone_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def backbone_features(self, images: torch.Tensor, keys: Sequence | None = None) -> list[torch.Tensor]:
         """The selected backbone levels, resized to a common (the first level's) resolution."""
-        feats = self.run_backbone(images)
+        feats = self.run_backbone(images, keys)
         feats = [feats[i] for i in self.level_index]
         size = feats[0].shape[-2:]
         return [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
                 for f in feats]
 
-    def forward(self, images: torch.Tensor, words: torch.Tensor, image_index: torch.Tensor | None = None) -> dict:
+    def forward(self, images: torch.Tensor, words: torch.Tensor, image_index: torch.Tensor | None = None,
+                image_keys: Sequence | None = None) -> dict:
         """``images [U, 3, S, S]``, ``words [B, T]``; ``image_index [B]`` maps each sentence to its image
-        when several sentences share one image (the backbone then runs once per image)."""
-        feats = self.backbone_features(images)
+        when several sentences share one image (the backbone then runs once per image); ``image_keys`` (U
+        hashables, ``meta["group"]``) name the images for the :attr:`feature_cache` (ignored without one)."""
+        feats = self.backbone_features(images, image_keys)
         if image_index is not None:
             feats = [f[image_index] for f in feats]
         lang = self.encode_language(words)

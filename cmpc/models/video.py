@@ -26,6 +26,7 @@ cells 2/1/0 of T' = 4/2/1, the cells centred on frame 4 under I3D's 'SAME' paddi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -134,16 +135,19 @@ class CMPCVideo(CMPCImage):
             action_words=routing_words(lang.words, p_act, self.routing_scale),
         )
 
-    def clip_features(self, clips: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+    def clip_features(self, clips: torch.Tensor, keys: Sequence | None = None) -> list[tuple[torch.Tensor, int]]:
         """``clips [U, K, 3, S, S]`` -> per selected level ``(features [U, K', C, h, w], centre index)``,
-        all levels on one spatial grid (see the module docstring for K' and the centre)."""
+        all levels on one spatial grid (see the module docstring for K' and the centre); ``keys`` (U, one per
+        clip) name the clips for the feature cache."""
         u, k = clips.shape[:2]
         center = k // 2
         if not self.backbone.temporal:
             if not self.action_aware_reasoning:
                 clips, k, center = clips[:, center : center + 1], 1, 0
-            return [(f.unflatten(0, (u, k)), center) for f in self.backbone_features(clips.flatten(0, 1))]
-        feats = self.run_backbone(clips.transpose(1, 2))  # [U, 3, K, S, S] -> levels [U, C, T', h, w]
+            frame_keys = None if keys is None else [(key, j) for key in keys for j in range(k)]
+            return [(f.unflatten(0, (u, k)), center)
+                    for f in self.backbone_features(clips.flatten(0, 1), frame_keys)]
+        feats = self.run_backbone(clips.transpose(1, 2), keys)  # [U, 3, K, S, S] -> levels [U, C, T', h, w]
         size = tuple(math.ceil(s / self.backbone.stride) for s in clips.shape[-2:])
         out = []
         for f in (feats[i] for i in self.level_index):
@@ -154,11 +158,13 @@ class CMPCVideo(CMPCImage):
             out.append((f.unflatten(0, (u, t)), center * t // k))
         return out
 
-    def forward(self, images: torch.Tensor, words: torch.Tensor, image_index: torch.Tensor | None = None) -> dict:
+    def forward(self, images: torch.Tensor, words: torch.Tensor, image_index: torch.Tensor | None = None,
+                image_keys: Sequence | None = None) -> dict:
         """``images [U, K, 3, S, S]`` (or ``[U, 3, S, S]`` = 1-frame clips), ``words [B, T]``;
-        ``image_index [B]`` maps each sentence to its clip (the backbone then runs once per clip)."""
+        ``image_index [B]`` maps each sentence to its clip (the backbone then runs once per clip); ``image_keys``
+        (U hashables, ``meta["group"]``) name the clips for the feature cache (ignored without one)."""
         clips = images if images.dim() == 5 else images[:, None]
-        feats = self.clip_features(clips)
+        feats = self.clip_features(clips, image_keys)
         if image_index is not None:
             feats = [(f[image_index], c) for f, c in feats]
         lang = self.encode_language(words)
