@@ -54,6 +54,28 @@ def test_weight_decay_only_on_trained_conv_and_linear_weights_and_biases_at_twic
     assert sorted(g["lr"] for g in optimizer.param_groups) == pytest.approx([1e-4, 1e-4, 2e-4])
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_the_fused_optimizer_makes_the_same_updates(name):
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Conv2d(3, 4, 1), nn.LayerNorm([4, 2, 2]), nn.Linear(2, 3)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    start = [p.detach().clone() for p in models[0].parameters()]
+    cfg = {"optimizer": name, "lr": 1e-2, "weight_decay": 5e-4, "bias_lr_mult": 2.0}
+    optimizers = [build_optimizer(m, OmegaConf.create({**cfg, "fused_optimizer": fused}))
+                  for m, fused in zip(models, (False, True))]
+    assert [o.defaults["fused"] for o in optimizers] == [None, True]
+    x = torch.randn(5, 3, 2, 2)
+    for step in range(3):
+        for model, optimizer in zip(models, optimizers):
+            set_learning_rate(optimizer, 1e-2 / (step + 1))
+            optimizer.zero_grad()
+            model(x).square().sum().backward()
+            optimizer.step()
+    for before, plain, fused in zip(start, models[0].parameters(), models[1].parameters()):
+        assert (plain - before).abs().min() > 1e-4  # every parameter moved
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+
+
 def test_step_sampler_covers_each_epoch_and_splits_the_global_batch_over_ranks():
     single = list(StepBatchSampler(10, 4, seed=3, steps=5))
     flat = [i for batch in single for i in batch]

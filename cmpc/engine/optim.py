@@ -36,11 +36,16 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr_m
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """Adam or AdamW (``cfg.optimizer``) over :func:`parameter_groups`. ``cfg.fused_optimizer`` (default false)
+    updates every parameter in one fused kernel (torch's ``fused=True``, CPU and CUDA): the same update up to float
+    rounding, without one small kernel per parameter and step (docs/performance.md). Raises ConfigError for another
+    optimiser name."""
     groups = parameter_groups(model, cfg.lr, cfg.weight_decay, cfg.bias_lr_mult)
+    options = {"lr": cfg.lr, "fused": True} if cfg.get("fused_optimizer", False) else {"lr": cfg.lr}
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
+        return torch.optim.Adam(groups, **options)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(groups, **options)
     raise ConfigError(f"trainer.optimizer must be adam or adamw, got {cfg.optimizer!r}")
 
 
