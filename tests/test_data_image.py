@@ -151,6 +151,6 @@ def test_decoded_images_are_read_once_kept_read_only_and_give_the_same_samples(t
     reads.clear()
     full[0], full[0]
     assert len(reads) == 2 and not full.decoded
-    for bad in (-1, "lots"):
+    for bad in (-1, "lots", float("inf"), float("nan"), True):
         with pytest.raises(ConfigError, match="dataset.image_cache_mb=.* must be a number >= 0"):
             build_dataset(dict(cfg, image_cache_mb=bad), "train", vocab)

@@ -295,7 +295,8 @@ class ReferringDataset(torch.utils.data.Dataset, abc.ABC):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.items: list = []
         self.skipped: collections.Counter = collections.Counter()
-        if not (isinstance(image_cache_mb, (int, float)) and image_cache_mb >= 0):
+        number = isinstance(image_cache_mb, (int, float)) and not isinstance(image_cache_mb, bool)
+        if not (number and 0 <= image_cache_mb < float("inf")):
             raise ConfigError(f"dataset.image_cache_mb={image_cache_mb!r} is out of range: it must be a number >= 0 "
                               f"(MiB of decoded images kept in memory; 0 = off)")
         self.image_cache_bytes = int(image_cache_mb * 2**20)
