@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cmpc.data.transforms import CAFFE_BGR_MEAN, Letterbox
+from cmpc.data.transforms import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, Letterbox
 from cmpc.errors import ConfigError
 
 
@@ -66,3 +66,19 @@ def test_denormalize_inverts_normalize(mean):
     img = np.random.default_rng(1).integers(0, 256, (30, 17, 3), dtype=np.uint8)
     lb = Letterbox(32, mean)
     np.testing.assert_array_equal(lb.denormalize(lb.image(img)), lb.image_uint8(img))
+
+
+@pytest.mark.parametrize("mean", ["caffe_bgr", "imagenet", None])
+def test_normalize_gives_the_whole_array_formula_bit_for_bit(mean):
+    padded = np.random.default_rng(2).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    padded[0, 0] = (0, 128, 255)
+    x = padded.astype(np.float32)
+    if mean == "caffe_bgr":
+        x = x[..., ::-1] - np.asarray(CAFFE_BGR_MEAN, np.float32)
+    elif mean == "imagenet":
+        x = (x / np.float32(255) - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    else:
+        x = x / np.float32(255)
+    got = Letterbox(9, mean).normalize(padded)
+    assert got.dtype == torch.float32 and got.is_contiguous() and got.shape == (3, 9, 7)
+    assert torch.equal(got, torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))))

@@ -179,7 +179,9 @@ def _train(cfg, run_dir: str | Path) -> dict:
     check_train_config(cfg)
     check_pretrained(cfg)
     run_dir = Path(run_dir)
-    t = cfg.trainer
+    # resolved once: an interpolated key (decay_steps: ${trainer.steps}) is resolved anew on every read, which made
+    # the per-step learning_rate() 8x slower (0.48 ms against 0.06)
+    t = OmegaConf.create(OmegaConf.to_container(cfg.trainer, resolve=True))
     device = resolve_device(cfg.device)
     info = init_distributed(device)
     if info.world_size > 1 and device.type == "cuda":
