@@ -302,6 +302,22 @@ def test_the_shipped_synthetic_backbone_fits_todays_configs_and_says_how_it_was_
         SmallResNet(widths=(8, 16, 16, 16), weights="synthetic")
 
 
+def test_the_pretraining_set_keeps_the_recipe_the_shipped_backbone_was_made_with():
+    """dataset=synthetic_entities trains as the shipped file was trained (its meta: commit 88354fc, the main job's
+    recipe of then with trainer.steps=3000): a change of the main job's recipe (trainer=synthetic) must not leak into
+    the documented regenerate command."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS.parent), version_base="1.3"):
+        trainer = OmegaConf.to_container(compose("train", overrides=["dataset=synthetic_entities"]).trainer,
+                                         resolve=True)
+    made_with = {"optimizer": "adam", "fused_optimizer": False, "lr": 2e-3, "end_lr": 1e-5, "schedule": "poly",
+                 "poly_power": 0.9, "steps": 3000, "decay_steps": 3000, "batch_size": 16, "group_by_image": False,
+                 "weight_decay": 5e-4, "bias_lr_mult": 2.0, "grad_clip": None, "amp": "off", "channels_last": False,
+                 "loss": {"final_weight": 0.7, "aux_weight": 0.1, "reduction": "sum"}}
+    assert {key: trainer[key] for key in made_with} == made_with
+
+
 def test_export_backbone_writes_the_backbone_of_a_training_run(tmp_path):
     """scripts/export_backbone.py on a tiny train.py run: the file loads as backbone.weights and holds exactly the
     run's backbone tensors and its overrides; a checkpoint that is not a train.py run is one error line."""
