@@ -129,3 +129,18 @@ def test_training_with_the_cache_gives_the_same_losses_and_metrics(tmp_path):
     trainable = train(compose_cfg(tiny_overrides(data, steps=1, extra=["trainer.feature_cache_mb=64"])),
                       tmp_path / "trainable")  # backbone=small trains: no cache
     assert "feature_cache" not in trainable["timing"]
+
+
+def test_an_images_features_do_not_depend_on_the_batch_it_came_in():
+    """A resumed run's cache starts empty and meets its images in other batches than the first run did: the bits must
+    not change (oneDNN computes a batch of one with other kernels: last-bit differences at the main job's widths)."""
+    torch.manual_seed(0)
+    net = SmallResNet(widths=(16, 32, 64, 128), frozen=True, frozen_bn=True).to(memory_format=torch.channels_last)
+    images = torch.randn(3, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        together = FeatureCache(16)(net, images, ["a", "b", "c"])
+        apart = FeatureCache(16)
+        apart(net, images[:1], ["a"])
+        apart(net, images[1:], ["b", "c"])
+        later = apart(net, images, ["a", "b", "c"])  # all three from the cache now
+    assert all(torch.equal(x, y) for x, y in zip(together, later))

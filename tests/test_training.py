@@ -49,10 +49,13 @@ def test_a_tiny_model_overfits_a_few_synthetic_samples(tmp_path):
     assert result["test"]["metrics"]["oIoU"] > 0.9, result["test"]["metrics"]
 
 
-@pytest.mark.parametrize("grouped", [False, True])
-def test_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path, grouped):
+@pytest.mark.parametrize("grouped, cached", [(False, False), (True, False), (False, True)])
+def test_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path, grouped, cached):
+    """Also with the feature cache of a fixed backbone, which starts empty in the resumed process."""
     data = tmp_path / "data"
     group = [f"trainer.group_by_image={grouped}", "dataset.generate.expressions_per_image=[1,3]"]
+    if cached:
+        group += ["backbone.frozen=true", "backbone.frozen_bn=true", "trainer.feature_cache_mb=64"]
     full = train(compose_cfg(tiny_overrides(data, steps=6, extra=group)), tmp_path / "full")
     run = tmp_path / "interrupted"
     first = train(compose_cfg(tiny_overrides(data, steps=6, extra=group + ["trainer.stop_at_step=3"])), run)

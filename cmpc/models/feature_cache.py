@@ -52,7 +52,8 @@ class FeatureCache:
     @torch.compiler.disable  # dictionary bookkeeping: run eagerly under torch.compile
     def __call__(self, backbone: Callable[[Tensor], list[Tensor]], images: Tensor,
                  keys: Sequence[Hashable]) -> list[Tensor]:
-        """``backbone(images)`` with the rows of known keys taken from the cache.
+        """The backbone's levels of ``images``: each new key's image computed alone and kept, known keys' rows
+        taken from the cache.
 
         Args:
             backbone: ``images [N, ...] -> levels``, each level ``[N, ...]``.
@@ -60,7 +61,7 @@ class FeatureCache:
             keys: N hashable keys.
 
         Returns:
-            The levels ``[N, ...]`` as the backbone gives them for ``images`` (computed once per new key).
+            The levels ``[N, ...]`` as the backbone gives them for each image alone (computed once per new key).
 
         Raises:
             ValueError: ``len(keys) != images.shape[0]``.
@@ -72,15 +73,16 @@ class FeatureCache:
             if key not in self.entries:
                 new.setdefault(key, row)
         fresh: dict[Hashable, list[Tensor]] = {}
-        if new:
-            computed = backbone(images[list(new.values())])
-            for j, key in enumerate(new):
-                levels = [f[j : j + 1].clone() for f in computed]  # a view would keep the whole batch alive
-                fresh[key] = levels
-                size = sum(f.numel() * f.element_size() for f in levels)
-                if self.bytes + size <= self.max_bytes:
-                    self.entries[key] = levels
-                    self.bytes += size
+        for key, row in new.items():
+            # one image at a time: oneDNN computes a batch of one with other kernels than larger batches (last-bit
+            # differences), so an image's features must not depend on the batch it first came in; then a resumed
+            # run, whose cache starts empty, computes the same bits as the uninterrupted one
+            levels = backbone(images[row : row + 1])
+            fresh[key] = levels
+            size = sum(f.numel() * f.element_size() for f in levels)
+            if self.bytes + size <= self.max_bytes:
+                self.entries[key] = levels
+                self.bytes += size
         self.misses += len(new)
         self.hits += len(keys) - len(new)
         rows = [fresh[key] if key in fresh else self.entries[key] for key in keys]
