@@ -9,7 +9,7 @@ from test_model import IMAGES, VOCAB, WORDS, tiny_cfg
 from test_training import compose_cfg, tiny_overrides
 
 from cmpc.data import collate, collate_grouped
-from cmpc.engine.evaluate import model_inputs
+from cmpc.engine.evaluate import model_inputs, uses_feature_cache
 from cmpc.engine.trainer import train
 from cmpc.models import build_model
 from cmpc.models.backbone import SmallResNet
@@ -103,14 +103,27 @@ def test_model_inputs_name_the_images_in_their_order():
         return {"image": torch.full((3, 4, 4), float(word)), "words": torch.tensor([word]),
                 "target": torch.zeros(4, 4), "gt": None, "meta": {"group": group}}
 
+    cpu = torch.device("cpu")
     samples = [sample("b", 1), sample("a", 2), sample("b", 1), sample("c", 3)]
     grouped = collate_grouped(samples)
-    images, _, index, keys = model_inputs(grouped, torch.device("cpu"))
+    images, _, index, keys = model_inputs(grouped, cpu, keys=True)
     assert keys == ["b", "a", "c"] and images[:, 0, 0, 0].tolist() == [1.0, 2.0, 3.0]
     assert index.tolist() == [0, 1, 0, 2]
-    assert model_inputs(collate(samples), torch.device("cpu"))[3] == ["b", "a", "b", "c"]
+    assert model_inputs(collate(samples), cpu, keys=True)[3] == ["b", "a", "b", "c"]
+    assert len(model_inputs(collate(samples), cpu)) == 3  # a model without a cache is called as before
     del samples[0]["meta"]["group"]
-    assert model_inputs(collate(samples), torch.device("cpu"))[3] is None  # a sample without a key: no cache
+    assert model_inputs(collate(samples), cpu, keys=True)[3] is None  # a sample without a key: no cache
+
+
+def test_only_a_model_with_a_cache_is_given_the_keys():
+    model = build_model(tiny_cfg().model, FIXED, VOCAB)
+    assert not uses_feature_cache(model)
+    model.feature_cache = FeatureCache(1)
+    assert uses_feature_cache(model)
+    wrapper = torch.nn.Module()
+    wrapper.module = model  # as DistributedDataParallel holds it
+    assert uses_feature_cache(wrapper)
+    assert not uses_feature_cache(torch.nn.Linear(2, 2))
 
 
 def test_training_with_the_cache_gives_the_same_losses_and_metrics(tmp_path):

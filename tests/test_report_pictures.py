@@ -55,6 +55,7 @@ def test_per_sample_ious_name_the_dataset_samples_and_skip_unreadable_ones(tmp_p
     readable = [i for i, raw in enumerate(raws) if raw.meta["file"] != broken]
     assert 0 < len(readable) < len(raws)
 
+    test = build_datasets(cfg, splits=("test",)).test  # a fresh dataset: the first one keeps the decoded images
     result = evaluate(LeftHalf(), test, device="cpu", batch_size=3, progress=False, per_sample=True)
     samples = result["samples"]
     assert samples["index"].tolist() == readable and result["unreadable"] == len(raws) - len(readable)

@@ -31,20 +31,29 @@ from cmpc.models.functional import upsample_logits
 log = logging.getLogger(__name__)
 
 
-def model_inputs(batch: dict, device: torch.device, channels_last: bool = False) -> tuple:
-    """``(images, words, image_index, image_keys)`` for ``model(...)`` from a collated batch: ``image_keys`` are the
-    ``meta["group"]`` of the rows of ``images`` (the keys of the model's feature cache), None when a sample has
-    none."""
+def uses_feature_cache(model) -> bool:
+    """Whether ``model`` (or the module inside its DDP wrapper) keeps a feature cache
+    (:class:`cmpc.models.feature_cache.FeatureCache`), so that its forward wants the batch's image keys. Models
+    without one (your own, the tests' stand-ins) are called without the keyword."""
+    return getattr(getattr(model, "module", model), "feature_cache", None) is not None
+
+
+def model_inputs(batch: dict, device: torch.device, channels_last: bool = False, keys: bool = False) -> tuple:
+    """``(images, words, image_index)`` for ``model(...)`` from a collated batch; with ``keys`` also a fourth item,
+    ``image_keys``: the ``meta["group"]`` of the rows of ``images`` (the keys of the model's feature cache), None
+    when a sample has none."""
     images = batch["clip"] if "clip" in batch else batch["image"]
     images = images.to(device, non_blocking=True)
     if channels_last and images.dim() == 4:
         images = images.contiguous(memory_format=torch.channels_last)
     index = batch.get("image_index")
+    inputs = (images, batch["words"].to(device, non_blocking=True), None if index is None else index.to(device))
+    if not keys:
+        return inputs
     groups = [meta.get("group") for meta in batch.get("meta", ())]
     # a grouped batch keeps each group's first image, in order of first appearance (cmpc.data.collate_grouped)
-    keys = None if not groups or None in groups else groups if index is None else list(dict.fromkeys(groups))
-    words = batch["words"].to(device, non_blocking=True)
-    return images, words, None if index is None else index.to(device), keys
+    image_keys = None if not groups or None in groups else groups if index is None else list(dict.fromkeys(groups))
+    return (*inputs, image_keys)
 
 
 class _Numbered(Dataset):
@@ -69,7 +78,7 @@ def predict_logits(model, batch: dict, device: torch.device, amp: str = "off",
                    channels_last: bool = False) -> torch.Tensor:
     """Final logits upsampled to the input size, ``[B, S, S]`` float32 on the CPU."""
     with autocast(device, amp):
-        logits = model(*model_inputs(batch, device, channels_last))["logits"]
+        logits = model(*model_inputs(batch, device, channels_last, keys=uses_feature_cache(model)))["logits"]
     return upsample_logits(logits.float(), batch["target"].shape[-2:])[:, 0].cpu()
 
 

@@ -39,7 +39,7 @@ from cmpc.engine.distributed import (
     resolve_device,
 )
 from cmpc.engine.environment import record_environment
-from cmpc.engine.evaluate import evaluate, model_inputs
+from cmpc.engine.evaluate import evaluate, model_inputs, uses_feature_cache
 from cmpc.engine.optim import build_optimizer, learning_rate, set_learning_rate
 from cmpc.engine.precision import autocast, flush_denormals, needs_grad_scaler
 from cmpc.engine.report_pictures import log_predictions, write_report_pictures
@@ -95,7 +95,7 @@ def _to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
 def batch_loss(net, batch: dict, t, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward (under ``t.amp``, see :mod:`cmpc.engine.precision`) and the loss of a collated batch: the loss and
     its detached parts, all tensors on ``device`` (no host sync)."""
-    inputs = model_inputs(batch, device, t.channels_last)
+    inputs = model_inputs(batch, device, t.channels_last, keys=uses_feature_cache(net))
     if t.compile:  # the number of distinct images per batch varies with grouping: one graph for all of them
         torch._dynamo.maybe_mark_dynamic(inputs[0], 0)
     target = batch["target"].to(device, non_blocking=True)
@@ -199,7 +199,10 @@ def _train(cfg, run_dir: str | Path) -> dict:
     if t.channels_last:
         model = _to_channels_last(model)
     if t.feature_cache_mb and is_fixed(model.backbone):  # a fixed backbone runs once per image
-        model.feature_cache = FeatureCache(t.feature_cache_mb)
+        if t.compile:  # dynamo would guard on the list of image keys and compile the forward again for every batch
+            log.info("trainer.feature_cache_mb is not used with trainer.compile=true")
+        else:
+            model.feature_cache = FeatureCache(t.feature_cache_mb)
     optimizer = build_optimizer(model, t)
     scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, t.amp))
     step, best, history = 0, -1.0, []
